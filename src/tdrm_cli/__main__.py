@@ -1,0 +1,3 @@
+from tdrm_cli.cli import main
+
+main()

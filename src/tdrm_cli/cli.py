@@ -1,0 +1,141 @@
+"""The `tdrm` command line: parse, load config, call the stage, print the run folder.
+
+Stage options are generated from the stage's config dataclass (config.py), so flags,
+`--config FILE.yaml` keys and the saved `config.yaml` always agree. Heavy libraries are
+imported inside the stages, which keeps `tdrm --help` instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from tdrm_cli import __version__, config
+from tdrm_cli.errors import UsageError
+
+app = typer.Typer(
+    name="tdrm",
+    help="Temporal-difference-trained process reward models: collect, train, search, RL, eval.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# command name -> (config class, stage module, one-line help)
+STAGES: dict[str, tuple[type, str, str]] = {
+    "sft": (config.SFTConfig, "sft", "Train the tiny from-scratch policy on a built-in task."),
+    "train-prm": (config.TrainPRMConfig, "train_prm", "Train a PRM on collected rollouts with TD, n-step, MC or outcome targets."),
+    "collect": (config.CollectConfig, "collect", "Sample policy rollouts with verdicts, MC step labels and step truth."),
+}
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _option_for(field: dataclasses.Field, annotation: Any) -> tuple[Any, Any]:
+    """(annotation, typer.Option) for one config field; default None means 'not given'."""
+    flag = "--" + field.name.replace("_", "-")
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    shown = "none" if default is None else default
+    panel = "Run options" if field.name in {f.name for f in dataclasses.fields(config.RunConfig)} else None
+    help_text = f"{field.metadata.get('help', '')} (default: {shown})"
+    if annotation is bool:
+        return Optional[bool], typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, rich_help_panel=panel, show_default=False)
+    if typing_list(annotation):
+        return Optional[list[str]], typer.Option(None, flag, help=help_text + " (repeatable)", rich_help_panel=panel, show_default=False)
+    base = annotation
+    if getattr(annotation, "__args__", None) and type(None) in annotation.__args__:
+        base = next(a for a in annotation.__args__ if a is not type(None))
+    return Optional[base], typer.Option(None, flag, help=help_text, rich_help_panel=panel, show_default=False)
+
+
+def typing_list(annotation: Any) -> bool:
+    return getattr(annotation, "__origin__", None) is list
+
+
+def stage_command(name: str, cfg_cls: type, module: str, help_text: str) -> None:
+    hints = config.resolved_types(cfg_cls)
+
+    def command(**kwargs: Any) -> None:
+        config_file = kwargs.pop("config")
+        try:
+            values = config.load_yaml(config_file) if config_file else {}
+            cfg = config.build_config(cfg_cls, values, kwargs, source=str(config_file))
+            stage = importlib.import_module(f"tdrm_cli.stages.{module}")
+            with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the run path
+                path = stage.run(cfg)
+        except UsageError as e:
+            fail(str(e))
+        typer.echo(str(path))
+
+    params = [
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, "--config", help="YAML file of config keys; flags override it.", rich_help_panel="Run options"),
+            annotation=Optional[Path],
+        )
+    ]
+    for field in dataclasses.fields(cfg_cls):
+        annotation, option = _option_for(field, hints[field.name])
+        params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+    command.__signature__ = inspect.Signature(params)
+    command.__name__ = name.replace("-", "_")
+    command.__doc__ = (cfg_cls.__doc__ or help_text).strip()
+    app.command(name, help=help_text)(command)
+
+
+for _name, (_cls, _module, _help) in STAGES.items():
+    stage_command(_name, _cls, _module, _help)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tdrm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Temporal-difference-trained process reward models, end to end."""
+
+
+@app.command("runs")
+def runs_command(root_dir: Path = typer.Argument(Path("runs"), help="Folder holding run folders.")) -> None:
+    """Table of run folders: name, stage, status, created, key metric, parent."""
+    from tdrm_cli.report import runs_table
+
+    if not root_dir.is_dir():
+        fail(f"{root_dir}: no such folder")
+    runs_table(root_dir)
+
+
+@app.command("env")
+def env_command() -> None:
+    """Versions, device and threads (paste it into bug reports)."""
+    from tdrm_cli.report import env_table
+
+    env_table()
+
+
+def main() -> None:
+    try:
+        app()
+    except UsageError as e:  # raised outside a stage body (e.g. while parsing)
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

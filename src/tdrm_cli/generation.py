@@ -1,0 +1,183 @@
+"""Generation backends behind one small interface.
+
+A backend has a `tokenizer` and `generate(prompts, sampling, on_batch)`, which returns,
+for every prompt, `sampling.n` completions (text without the stop token, token count,
+whether the model stopped by itself). Backends are picked by name from `BACKENDS`:
+
+- `hf` (default): batched `model.generate` with left padding on the CPU or one GPU;
+  every batch is seeded from (`sampling.seed`, batch start), so a fixed seed and batch
+  composition give the same text every time.
+- `vllm` (optional extra `tdrm-cli[vllm]`, GPU only): vLLM's offline `LLM` engine with
+  one seeded `SamplingParams` per sequence; vllm is imported only when it is chosen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tdrm_cli.errors import UsageError
+
+OnBatch = Callable[[int, int], None]
+"""Progress callback: `on_batch(sequences_done, tokens_generated)` after every batch."""
+
+
+@dataclass
+class Completion:
+    text: str
+    num_tokens: int
+    """Generated tokens, the stop token included."""
+    finished: bool
+    """True when the model stopped by itself (EOS), False when cut at max tokens."""
+
+
+@dataclass
+class Sampling:
+    n: int = 1
+    temperature: float = 1.0
+    """0 means greedy."""
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    seed: int = 0
+
+
+class Backend(Protocol):
+    tokenizer: Any
+
+    def generate(
+        self, prompts: list[str], sampling: Sampling, on_batch: OnBatch | None = None
+    ) -> list[list[Completion]]: ...
+
+
+def _group(flat: list[Completion], n: int) -> list[list[Completion]]:
+    return [flat[i : i + n] for i in range(0, len(flat), n)]
+
+
+class HFBackend:
+    """Batched `transformers` generation on the CPU or one GPU."""
+
+    def __init__(self, model_path: str, batch_size: int = 64, dtype: str = "auto", trust_remote_code: bool = False):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch_dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32,
+                       "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+        ).to(device)
+        self.model.eval()
+        self.device = device
+        self.batch_size = batch_size
+        self.stop_ids = self._stop_ids()
+
+    def _stop_ids(self) -> list[int]:
+        """The tokenizer's EOS plus the model's own (chat models often end turns with another id)."""
+        ids = [self.tokenizer.eos_token_id]
+        extra = getattr(self.model.generation_config, "eos_token_id", None)
+        ids += extra if isinstance(extra, list) else [extra]
+        return list(dict.fromkeys(i for i in ids if i is not None))
+
+    def _encode(self, batch: list[str]):
+        # Chat templates usually write the BOS themselves; adding another shifts the model off-distribution.
+        bos = self.tokenizer.bos_token
+        add_special = not (bos and all(p.startswith(bos) for p in batch))
+        return self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=add_special).to(self.device)
+
+    def generate(
+        self, prompts: list[str], sampling: Sampling, on_batch: OnBatch | None = None
+    ) -> list[list[Completion]]:
+        """`sampling.n` completions per prompt, in prompt order."""
+        import torch
+
+        flat = [p for p in prompts for _ in range(sampling.n)]
+        greedy = sampling.temperature <= 0
+        kwargs = dict(do_sample=False) if greedy else dict(
+            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0
+        )
+        results: list[Completion] = []
+        for start in range(0, len(flat), self.batch_size):
+            batch = flat[start : start + self.batch_size]
+            enc = self._encode(batch)
+            torch.manual_seed(sampling.seed * 1_000_003 + start)
+            with torch.inference_mode():
+                out = self.model.generate(
+                    **enc, max_new_tokens=sampling.max_new_tokens, eos_token_id=self.stop_ids,
+                    pad_token_id=self.tokenizer.pad_token_id, **kwargs,
+                )
+            tokens = 0
+            for row in out[:, enc["input_ids"].shape[1] :].tolist():
+                completion = self._completion(row)
+                tokens += completion.num_tokens
+                results.append(completion)
+            if on_batch:
+                on_batch(len(batch), tokens)
+        return _group(results, sampling.n)
+
+    def _completion(self, row: list[int]) -> Completion:
+        stop = next((i for i, token in enumerate(row) if token in self.stop_ids), None)
+        kept = row if stop is None else row[:stop]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return Completion(text, len(kept) + (stop is not None), stop is not None)
+
+
+class VLLMBackend:
+    """vLLM's offline engine: continuous batching on one GPU (optional extra `tdrm-cli[vllm]`)."""
+
+    def __init__(self, model_path: str, batch_size: int = 64, dtype: str = "auto", trust_remote_code: bool = False):
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise UsageError("--backend vllm: vllm is not installed (pip install 'tdrm-cli[vllm]')") from None
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--backend vllm: needs a CUDA GPU (use --backend hf on the CPU)")
+        self.llm = LLM(model=model_path, dtype=dtype, trust_remote_code=trust_remote_code, seed=0)
+        self.tokenizer = self.llm.get_tokenizer()
+        # vLLM schedules sequences itself; batch_size only sets how often progress is reported.
+        self.chunk = max(batch_size, 1) * 8
+
+    def generate(
+        self, prompts: list[str], sampling: Sampling, on_batch: OnBatch | None = None
+    ) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        flat = [p for p in prompts for _ in range(sampling.n)]
+        # One seeded request per sequence: the output depends on (seed, position), not on vLLM's scheduling.
+        params = [
+            SamplingParams(
+                n=1, temperature=max(sampling.temperature, 0.0), top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens, seed=(sampling.seed * 1_000_003 + i) % 2**63,
+            )
+            for i in range(len(flat))
+        ]
+        results: list[Completion] = []
+        for start in range(0, len(flat), self.chunk):
+            outputs = self.llm.generate(flat[start : start + self.chunk], params[start : start + self.chunk], use_tqdm=False)
+            tokens = 0
+            for output in outputs:
+                out = output.outputs[0]
+                results.append(Completion(out.text, len(out.token_ids), out.finish_reason == "stop"))
+                tokens += len(out.token_ids)
+            if on_batch:
+                on_batch(len(outputs), tokens)
+        return _group(results, sampling.n)
+
+
+BACKENDS: dict[str, Callable[..., Backend]] = {"hf": HFBackend, "vllm": VLLMBackend}
+
+
+def check_backend(name: str) -> None:
+    if name not in BACKENDS:
+        raise UsageError(f"--backend {name}: unknown backend (known: {', '.join(sorted(BACKENDS))})")
+
+
+def load_backend(name: str, model_path: str, **kwargs: Any) -> Backend:
+    check_backend(name)
+    return BACKENDS[name](model_path, **kwargs)

@@ -1,0 +1,275 @@
+"""Process reward model: a causal-LM backbone with a scalar head, scored in one pass.
+
+`V(s_t) = sigmoid(head(h))` at the last token of step t (DESIGN.md section 3). The prompt
+and every `step + separator` piece are tokenized on their own and concatenated
+(`steps.encode_pieces`), so with causal attention one forward pass over the whole
+solution gives exactly the values of scoring every prefix separately.
+
+A saved PRM is a plain HF folder (`AutoModelForTokenClassification`, `num_labels=1`,
+safetensors) plus `tdrm_prm.json`, which records how prompts and steps were built in
+training so `load_prm` scores the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tdrm_cli.errors import UsageError
+from tdrm_cli.runs import is_run_dir, require_complete, resolve_model
+from tdrm_cli.steps import DEFAULT_SEPARATOR, build_prompt, encode_pieces, prompt_format
+
+PRM_META = "tdrm_prm.json"
+
+# ---------------------------------------------------------------- aggregations (pure)
+
+
+def _min(values: list[float]) -> float:
+    return min(values)
+
+
+def _last(values: list[float]) -> float:
+    return values[-1]
+
+
+def _prod(values: list[float]) -> float:
+    return math.prod(values)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+AGGREGATIONS: dict[str, Callable[[list[float]], float]] = {
+    "min": _min,
+    "last": _last,
+    "prod": _prod,
+    "mean": _mean,
+}
+
+
+def aggregate(values: Sequence[float], agg: str) -> float:
+    """One solution score from its step scores; a solution without steps scores 0.0."""
+    if agg not in AGGREGATIONS:
+        raise UsageError(f"--agg {agg}: expected one of {', '.join(AGGREGATIONS)}")
+    return float(AGGREGATIONS[agg](list(values))) if len(values) else 0.0
+
+
+# ---------------------------------------------------------------- encoding and batching
+
+
+@dataclass
+class Encoded:
+    """Token ids of prompt + steps, and the index of every step's last token."""
+
+    ids: list[int]
+    ends: list[int]
+    prompt_len: int
+
+    @property
+    def step_tokens(self) -> list[int]:
+        """Tokens per step (the `d` of the per-token smoothness)."""
+        starts = [self.prompt_len - 1, *self.ends[:-1]]
+        return [end - start for start, end in zip(starts, self.ends, strict=True)]
+
+
+def pad_batch(rows: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
+    """Right-padded `input_ids`/`attention_mask` and `[batch, steps]` step indices and mask.
+
+    Right padding keeps every real token at the position it has alone, so values do not
+    depend on what shares the batch. Padded step slots point at token 0 and are masked.
+    """
+    import torch
+
+    width = max(len(r.ids) for r in rows)
+    steps = max(max(len(r.ends) for r in rows), 1)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    step_index = torch.zeros((len(rows), steps), dtype=torch.long)
+    step_mask = torch.zeros((len(rows), steps), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r.ids)] = torch.tensor(r.ids)
+        attention_mask[i, : len(r.ids)] = 1
+        step_index[i, : len(r.ends)] = torch.tensor(r.ends, dtype=torch.long)
+        step_mask[i, : len(r.ends)] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "step_index": step_index, "step_mask": step_mask}
+
+
+def step_logits(model: Any, input_ids, attention_mask, step_index):
+    """Head logits at each step's last token: `[batch, steps]` from one forward pass."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, T, 1]
+    return logits[..., 0].gather(1, step_index)
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices sorted by length, cut into batches: little padding per batch."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+# ---------------------------------------------------------------- backbone checks and loading
+
+
+def check_causal_lm(model_path: str, role: str = "base", trust_remote_code: bool = False) -> None:
+    """Refuse anything that is not a causal LM with a token-classification head in transformers."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    try:
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"--{role} {model_path}: unreadable model config ({first})") from None
+    model_type = getattr(config, "model_type", None)
+    archs = list(getattr(config, "architectures", None) or [])
+    causal_names = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if archs:
+        causal = any(a.endswith("ForCausalLM") or a in causal_names for a in archs)
+    else:
+        causal = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if not causal:
+        raise UsageError(
+            f"--{role} {model_path}: not a causal LM (architectures: {', '.join(archs) or 'none'}, "
+            f"model_type: {model_type})"
+        )
+    remote_head = trust_remote_code and "AutoModelForTokenClassification" in (getattr(config, "auto_map", None) or {})
+    if model_type not in MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES and not remote_head:
+        raise UsageError(f"--{role} {model_path}: transformers has no token-classification head for '{model_type}'")
+
+
+def load_tokenizer(model_path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_value_model(model_path: str, pad_token_id: int, role: str = "base", trust_remote_code: bool = False, dtype=None):
+    """`AutoModelForTokenClassification` with one label on top of a backbone (head new if absent)."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    config = AutoConfig.from_pretrained(model_path, num_labels=1, trust_remote_code=trust_remote_code)
+    # No dropout before the head: the training-time value is then the same function that
+    # scoring uses, which the bootstrapped TD target relies on.
+    config.classifier_dropout = 0.0
+    config.pad_token_id = pad_token_id
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    try:
+        return AutoModelForTokenClassification.from_pretrained(
+            model_path, config=config, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
+        )
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"--{role} {model_path}: cannot load safetensors weights ({first})") from None
+
+
+# ---------------------------------------------------------------- the PRM
+
+
+class PRM:
+    """A loaded PRM: `score(problems, solutions)` gives one value in (0, 1) per step."""
+
+    def __init__(self, model: Any, tokenizer: Any, meta: dict[str, Any]):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.separator: str = meta.get("separator") or DEFAULT_SEPARATOR
+        self.agg: str = meta.get("agg", "min")
+        self._prompts: dict[str, tuple[str, int]] = {}
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def _prompt(self, question: str) -> tuple[str, int]:
+        """The prompt text for a question and its token count (cached: problems repeat)."""
+        if question not in self._prompts:
+            prompt = build_prompt(self.tokenizer, question, self.meta)
+            self._prompts[question] = prompt, len(encode_pieces(self.tokenizer, prompt, [], self.separator)[0])
+        return self._prompts[question]
+
+    def encode(self, question: str, steps: Sequence[str]) -> Encoded:
+        prompt, prompt_len = self._prompt(question)
+        ids, ends = encode_pieces(self.tokenizer, prompt, list(steps), self.separator)
+        return Encoded(ids, ends, prompt_len)
+
+    def score(self, problems: Sequence[str], solutions: Sequence[Sequence[str]], batch_size: int = 32) -> list[list[float]]:
+        """Step values of every solution; all steps of a solution in one forward pass."""
+        if len(problems) != len(solutions):
+            raise ValueError(f"{len(problems)} problems but {len(solutions)} solutions")
+        encoded = [self.encode(q, s) for q, s in zip(problems, solutions, strict=True)]
+        return self.score_encoded(encoded, batch_size)
+
+    def score_encoded(self, encoded: Sequence[Encoded], batch_size: int = 32) -> list[list[float]]:
+        import torch
+
+        values: list[list[float]] = [[] for _ in encoded]
+        todo = [i for i, e in enumerate(encoded) if e.ends]  # 0-step solutions score []
+        for chunk in length_buckets([len(encoded[i].ids) for i in todo], batch_size):
+            rows = [todo[j] for j in chunk]
+            batch = pad_batch([encoded[i] for i in rows], self.tokenizer.pad_token_id)
+            with torch.inference_mode():
+                logits = step_logits(
+                    self.model,
+                    batch["input_ids"].to(self.device),
+                    batch["attention_mask"].to(self.device),
+                    batch["step_index"].to(self.device),
+                )
+            probs = torch.sigmoid(logits.float()).cpu()
+            for row, i in enumerate(rows):
+                values[i] = probs[row, : len(encoded[i].ends)].tolist()
+        return values
+
+    def save(self, path: str | Path) -> Path:
+        """HF folder (safetensors) + tokenizer + `tdrm_prm.json`."""
+        from tdrm_cli.runs import atomic_write_json
+
+        path = Path(path)
+        self.model.save_pretrained(str(path), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(path))
+        atomic_write_json(path / PRM_META, self.meta)
+        return path
+
+
+def prm_meta(tokenizer: Any, policy_meta: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """What `tdrm_prm.json` records: prompt building, separator, and what the PRM was trained with."""
+    return {
+        "prompt_format": prompt_format(tokenizer, policy_meta),
+        "prompt_template": policy_meta.get("prompt_template"),
+        "separator": policy_meta.get("separator") or DEFAULT_SEPARATOR,
+        "task": policy_meta.get("task"),
+        **extra,
+    }
+
+
+def load_prm(path_or_run: str | Path, role: str = "prm", dtype: Any = None) -> PRM:
+    """A PRM from a train-prm run folder or a PRM model folder (refuses anything else)."""
+    import torch
+
+    path = Path(path_or_run)
+    if is_run_dir(path):
+        require_complete(path, role, "train-prm")
+    model_dir, _ = resolve_model(path, role, ("train-prm",))
+    meta_path = Path(model_dir) / PRM_META
+    if not meta_path.is_file():
+        raise UsageError(f"--{role} {path}: no {PRM_META} (not a PRM trained by tdrm train-prm)")
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    archs = config.get("architectures") or []
+    if not any(a.endswith("ForTokenClassification") for a in archs) or len(config.get("id2label") or {0: 0}) != 1:
+        raise UsageError(f"--{role} {path}: config.json is not a one-label token-classification model")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    tokenizer = load_tokenizer(model_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+    model = load_value_model(model_dir, tokenizer.pad_token_id, role=role, dtype=dtype).to(device)
+    return PRM(model, tokenizer, meta)

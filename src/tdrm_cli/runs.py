@@ -1,0 +1,258 @@
+"""Run folders: the contract between stages (DESIGN.md section 2).
+
+    runs/<name>/manifest.json   stage, status running|complete|failed, inputs, seed, versions, metrics
+    runs/<name>/config.yaml     the fully resolved config
+
+Every file is written atomically (temp file in the same folder + rename). A run is
+`complete` only after its stage has put every artifact in place; stages refuse
+inputs that are not complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tdrm_cli.config import dump_yaml
+from tdrm_cli.errors import UsageError
+
+MANIFEST = "manifest.json"
+CONFIG = "config.yaml"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def versions() -> dict[str, str | None]:
+    out = {}
+    for dist in ("tdrm-cli", "torch", "transformers", "trl"):
+        try:
+            out[dist.replace("-cli", "")] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist.replace("-cli", "")] = None
+    return out
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path}: unreadable run manifest ({type(e).__name__})") from None
+    if not isinstance(data, dict) or "stage" not in data or "status" not in data:
+        raise UsageError(f"{path}: not a tdrm run manifest (missing 'stage' or 'status')")
+    return data
+
+
+def manifest_sha256(run_dir: Path) -> str:
+    return hashlib.sha256((Path(run_dir) / MANIFEST).read_bytes()).hexdigest()
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def require_complete(path: str | Path, role: str, stage: str | tuple[str, ...] | None = None) -> dict:
+    """The manifest of a complete input run, or a one-line UsageError."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"--{role} {path}: no such file or folder")
+    if not is_run_dir(path):
+        raise UsageError(f"--{role} {path}: not a tdrm run folder (no {MANIFEST})")
+    manifest = read_manifest(path)
+    stages = (stage,) if isinstance(stage, str) else stage
+    if stages and manifest["stage"] not in stages:
+        raise UsageError(
+            f"--{role} {path}: is a '{manifest['stage']}' run, expected {' or '.join(stages)}"
+        )
+    if manifest["status"] != "complete":
+        raise UsageError(
+            f"--{role} {path}: run is '{manifest['status']}', not complete "
+            f"(finish it with --resume first)"
+        )
+    return manifest
+
+
+def default_out(stage: str) -> Path:
+    return Path("runs") / f"{stage}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class Run:
+    """A run folder being written by one stage."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self.manifest.get("resumed"))
+
+    def save_manifest(self) -> None:
+        atomic_write_json(self.path / MANIFEST, self.manifest)
+
+    def add_input(self, role: str, path: str | Path) -> None:
+        """Record an input (a run folder gets its manifest hash, anything else None)."""
+        path = Path(path)
+        sha = manifest_sha256(path) if is_run_dir(path) else None
+        self.manifest["inputs"][role] = {"path": str(path), "sha256": sha}
+        self.save_manifest()
+
+    def set_metrics(self, metrics: dict[str, Any]) -> None:
+        self.manifest["metrics"] = metrics
+        self.save_manifest()
+
+    def complete(self, metrics: dict[str, Any] | None = None) -> None:
+        if metrics is not None:
+            self.manifest["metrics"] = metrics
+        self.manifest.update(status="complete", finished=now(), error=None)
+        self.save_manifest()
+
+    def fail(self, error: BaseException) -> None:
+        message = str(error).splitlines()[0] if str(error) else ""
+        self.manifest.update(status="failed", finished=now(), error=f"{type(error).__name__}: {message}")
+        self.save_manifest()
+
+
+def prepare_run(stage: str, cfg: Any) -> Run:
+    """Create (or reopen with --resume) the run folder for `cfg.out`; refuse to clobber."""
+    out = Path(cfg.out) if cfg.out else default_out(stage)
+    cfg.out = str(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    if is_run_dir(out):
+        old = read_manifest(out)
+        if old["stage"] != stage and not cfg.overwrite:
+            raise UsageError(f"--out {out}: holds a '{old['stage']}' run; choose another folder")
+        if cfg.overwrite:
+            _clear(out)
+        elif cfg.resume:
+            if old["status"] == "complete":
+                raise UsageError(f"--out {out}: run is already complete (nothing to resume)")
+            old.update(status="running", resumed=True, argv=sys.argv, error=None)
+            run = Run(out, old)
+            run.save_manifest()
+            atomic_write_text(out / CONFIG, dump_yaml(cfg))
+            return run
+        elif old["status"] == "complete":
+            raise UsageError(f"--out {out}: already holds a complete run (pass --overwrite to replace it)")
+        else:
+            raise UsageError(
+                f"--out {out}: holds a '{old['status']}' run (pass --resume to continue it "
+                f"or --overwrite to start over)"
+            )
+    elif cfg.resume:
+        raise UsageError(f"--out {out}: no run to resume")
+    elif out.is_dir() and any(out.iterdir()):
+        raise UsageError(f"--out {out}: folder is not empty and holds no tdrm run")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "stage": stage,
+        "status": "running",
+        "created": now(),
+        "finished": None,
+        "inputs": {},
+        "seed": getattr(cfg, "seed", None),
+        "versions": versions(),
+        "argv": sys.argv,
+        "metrics": {},
+        "error": None,
+    }
+    run = Run(out, manifest)
+    run.save_manifest()
+    atomic_write_text(out / CONFIG, dump_yaml(cfg))
+    return run
+
+
+def _clear(path: Path) -> None:
+    import shutil
+
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+@contextmanager
+def run_stage(stage: str, cfg: Any) -> Iterator[Run]:
+    """Open the run folder; mark it failed (with the error) if the stage raises."""
+    run = prepare_run(stage, cfg)
+    try:
+        yield run
+    except BaseException as e:
+        run.fail(e)
+        raise
+    if run.manifest["status"] != "complete":
+        run.complete()
+
+
+def list_runs(root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Every run folder at most two levels under `root`, oldest first."""
+    found = []
+    for manifest in sorted(list(root.glob(f"*/{MANIFEST}")) + list(root.glob(f"*/*/{MANIFEST}"))):
+        try:
+            found.append((manifest.parent, read_manifest(manifest.parent)))
+        except UsageError:
+            continue
+    return sorted(found, key=lambda item: str(item[1].get("created", "")))
+
+
+MODEL_STAGES = ("sft", "rl", "train-prm")
+
+
+def resolve_model(path: str | Path, role: str, stages: tuple[str, ...] = MODEL_STAGES) -> tuple[str, dict | None]:
+    """A model reference -> (loadable path or hub id, the run manifest when it was a run folder).
+
+    Accepts a complete run folder of one of `stages` (its `model/`), a local HF model
+    folder (has config.json), or a hub id (`owner/name`, needs network).
+    """
+    p = Path(path)
+    if is_run_dir(p):
+        manifest = require_complete(p, role, stages)
+        model_dir = p / "model"
+        if not (model_dir / "config.json").is_file():
+            raise UsageError(f"--{role} {p}: run has no model/ folder")
+        return str(model_dir), manifest
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise UsageError(f"--{role} {p}: not a model folder (no config.json) and not a tdrm run")
+        return str(p), None
+    if p.exists():
+        raise UsageError(f"--{role} {p}: is a file, expected a model folder or a run folder")
+    if str(path).count("/") == 1 and not str(path).startswith((".", "/")):
+        return str(path), None  # hub id
+    raise UsageError(f"--{role} {p}: no such model folder or run folder")

@@ -1,0 +1,1 @@
+"""One module per stage, each with a public `run(cfg) -> Path`."""

@@ -1,0 +1,182 @@
+"""`tdrm sft`: train the embedded default policy from scratch.
+
+A small Qwen2-architecture causal LM, built from a config with a character tokenizer
+made here (no download), is trained with `transformers.Trainer` on the task's
+reference solutions, saved as a normal HF folder, and evaluated by greedy pass@1 on
+held-out problems. The result is the policy every later stage starts from.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tdrm_cli.config import SFTConfig
+from tdrm_cli.console import console, log
+from tdrm_cli.runs import Run, atomic_write_json, run_stage
+from tdrm_cli.steps import DEFAULT_SEPARATOR, POLICY_META, join_steps, split_steps
+from tdrm_cli.tasks import Problem, Task, load_task
+
+PROMPT_TEMPLATE = "{question}\n\n"
+CHARS = "0123456789+-*/=:()., \n?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+
+
+def build_char_tokenizer():
+    """A character-level fast tokenizer: every character is one token, BOS prepended."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + list(CHARS))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def build_model(cfg: SFTConfig, tokenizer: Any):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.hidden_size * 4,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+class SFTDataset:
+    """Prompt tokens masked out of the loss; the solution and EOS are learned."""
+
+    def __init__(self, task: Task, problems: list[Problem], tokenizer: Any):
+        self.rows = []
+        for p in problems:
+            prompt = tokenizer(PROMPT_TEMPLATE.format(question=p.question))["input_ids"]
+            answer = tokenizer(join_steps(task.reference_steps(p)), add_special_tokens=False)["input_ids"]
+            answer = [*answer, tokenizer.eos_token_id]
+            self.rows.append((prompt + answer, [-100] * len(prompt) + answer))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        ids, labels = self.rows[i]
+        return {"input_ids": ids, "labels": labels}
+
+
+def pad_collator(pad_id: int):
+    import torch
+
+    def collate(batch: list[dict[str, list[int]]]) -> dict[str, Any]:
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n] = torch.tensor(b["input_ids"])
+            labels[i, :n] = torch.tensor(b["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    return collate
+
+
+def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
+    import torch
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    set_seed(cfg.seed)
+    tokenizer = build_char_tokenizer()
+    model = build_model(cfg, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"policy: Qwen2 {cfg.layers}x{cfg.hidden_size}, {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
+    dataset = SFTDataset(task, task.problems("train", cfg.train_problems), tokenizer)
+    ckpt_dir = run.path / "checkpoints"
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        weight_decay=0.01,
+        logging_steps=50,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        report_to="none",
+        seed=cfg.seed,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=pad_collator(tokenizer.pad_token_id))
+    resume = cfg.resume and any(ckpt_dir.glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    model_dir = run.path / "model"
+    trainer.model.save_pretrained(str(model_dir))  # safetensors only; no pickled training_args.bin
+    tokenizer.save_pretrained(str(model_dir))
+    meta = {"prompt_template": PROMPT_TEMPLATE, "separator": DEFAULT_SEPARATOR, "task": cfg.task}
+    atomic_write_json(model_dir / POLICY_META, meta)
+    run.manifest["metrics"]["train_loss"] = round(float(result.training_loss), 4)
+    run.manifest["metrics"]["train_steps"] = int(result.global_step)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return model_dir
+
+
+def evaluate_policy(model_dir: Path, task: Task, n_problems: int, seed: int) -> dict[str, float]:
+    """Greedy pass@1 on held-out problems, and how often temperature-1 samples hold a wrong step."""
+    from tdrm_cli.generation import HFBackend, Sampling
+
+    problems = task.problems("test", n_problems)
+    backend = HFBackend(str(model_dir), batch_size=200)
+    prompts = [PROMPT_TEMPLATE.format(question=p.question) for p in problems]
+    greedy = backend.generate(prompts, Sampling(n=1, temperature=0.0, max_new_tokens=96))
+    sampled = backend.generate(prompts, Sampling(n=1, temperature=1.0, max_new_tokens=96, seed=seed))
+    correct, wrong_step = [], []
+    for p, g, s in zip(problems, greedy, sampled, strict=True):
+        correct.append(task.is_correct(p, task.extract_answer(split_steps(g[0].text))))
+        truth = task.step_truth(p, split_steps(s[0].text))
+        wrong_step.append(truth is not None and (len(truth) == 0 or min(truth) == 0))
+    n = max(len(problems), 1)
+    return {
+        "pass@1": round(sum(correct) / n, 4),
+        "sample_wrong_step_frac": round(sum(wrong_step) / n, 4),
+        "eval_problems": len(problems),
+    }
+
+
+def run(cfg: SFTConfig) -> Path:
+    task = load_task(cfg.task)
+    if not hasattr(task, "reference_steps"):
+        from tdrm_cli.errors import UsageError
+
+        raise UsageError(f"--task {cfg.task}: has no reference solutions to train a policy on")
+    with run_stage("sft", cfg) as run:
+        model_dir = train(cfg, run, task)
+        if cfg.eval_problems:
+            metrics = evaluate_policy(model_dir, task, cfg.eval_problems, cfg.seed)
+            run.manifest["metrics"].update(metrics)
+            console.print(
+                f"[bold]sft[/] greedy pass@1 = {metrics['pass@1']:.3f} on {metrics['eval_problems']} held-out "
+                f"problems; T=1 samples with a wrong step: {metrics['sample_wrong_step_frac']:.3f}"
+            )
+        atomic_write_json(run.path / "metrics.json", run.manifest["metrics"])
+        run.complete()
+    return run.path
+

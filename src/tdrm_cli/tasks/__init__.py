@@ -1,0 +1,68 @@
+"""Tasks: where problems come from and how answers and steps are checked.
+
+A task is any object with the `Task` protocol; `TASKS` maps names to factories, and
+`load_task("name:key=val,key=val")` builds one. Callers never branch on task names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tdrm_cli.errors import UsageError
+
+
+@dataclass
+class Problem:
+    id: str
+    question: str
+    gold: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    name: str
+
+    def problems(self, split: str, n: int) -> list[Problem]:
+        """The first `n` problems of `split` ("train" or "test"), deterministic."""
+        ...
+
+    def extract_answer(self, steps: list[str]) -> str | None:
+        """The final answer a solution gives, or None when it gives none."""
+        ...
+
+    def is_correct(self, problem: Problem, answer: str | None) -> bool:
+        """Verifier verdict for a final answer."""
+        ...
+
+    def step_truth(self, problem: Problem, steps: list[str]) -> list[int] | None:
+        """Exact 0/1 correctness of every step, or None when the task cannot tell."""
+        ...
+
+
+def _arith(**kw: str) -> Task:
+    from tdrm_cli.tasks.arith import ArithTask
+
+    return ArithTask.from_options(**kw)
+
+
+TASKS: dict[str, Callable[..., Task]] = {"arith": _arith}
+
+
+def parse_task_spec(spec: str) -> tuple[str, dict[str, str]]:
+    name, _, rest = spec.partition(":")
+    options: dict[str, str] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"--task {spec}: option '{item}' is not key=value")
+        options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
+def load_task(spec: str) -> Task:
+    name, options = parse_task_spec(spec)
+    if name not in TASKS:
+        raise UsageError(f"--task {spec}: unknown task '{name}' (known: {', '.join(sorted(TASKS))})")
+    return TASKS[name](**options)

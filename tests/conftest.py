@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny policy trained once per session, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def invoke(*args: str):
+    """Run `tdrm ARGS` in-process; returns Click's Result (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from tdrm_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory):
+    """A `tdrm sft` run on a tiny budget: a real, complete policy run folder."""
+    out = tmp_path_factory.mktemp("runs") / "sft"
+    result = invoke(
+        "sft", "--out", out, "--max-steps", "20", "--train-problems", "400", "--hidden-size", "32",
+        "--layers", "2", "--heads", "2", "--eval-problems", "8", "--save-steps", "10",
+    )
+    assert result.exit_code == 0, result.output
+    return out

@@ -1,0 +1,33 @@
+import json
+
+from conftest import invoke
+from tdrm_cli.runs import read_manifest
+
+
+def test_sft_end_to_end(tiny_policy):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    manifest = read_manifest(tiny_policy)
+    assert manifest["status"] == "complete" and manifest["stage"] == "sft"
+    model_dir = tiny_policy / "model"
+    assert (model_dir / "model.safetensors").is_file()
+    assert not list(model_dir.glob("*.bin")) and not (tiny_policy / "checkpoints").exists()
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert model.config.model_type == "qwen2" and len(tokenizer) == model.config.vocab_size
+    metrics = json.loads((tiny_policy / "metrics.json").read_text())
+    assert 0.0 <= metrics["pass@1"] <= 1.0 and metrics["eval_problems"] == 8
+    assert json.loads((model_dir / "tdrm_policy.json").read_text())["separator"] == "\n\n"
+
+
+def test_sft_prints_run_path_last_and_refuses_complete(tmp_path):
+    out = tmp_path / "sft"
+    args = ["sft", "--out", out, "--max-steps", "2", "--train-problems", "64", "--hidden-size", "16",
+            "--layers", "1", "--heads", "1", "--eval-problems", "0"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == str(out)
+    again = invoke(*args)
+    assert again.exit_code == 2
+    assert "already holds a complete run" in again.stderr
+    assert invoke(*args, "--overwrite").exit_code == 0
