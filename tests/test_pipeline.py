@@ -1,0 +1,74 @@
+"""`tdrm pipeline`: recipes validate up front, complete stages are skipped, failed ones resumed."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import invoke
+from tdrm_cli.errors import UsageError
+from tdrm_cli.pipeline import load_recipe
+from tdrm_cli.runs import read_manifest
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+TINY_SFT = "{task: 'arith:ops=2', max_steps: 2, train_problems: 32, hidden_size: 16, layers: 1, heads: 1, eval_problems: 2}"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_recipe_loads_against_the_stage_schemas(path):
+    assert path.read_text().startswith("#"), "a recipe begins with a comment giving its command"
+    assert "tdrm " in path.read_text().splitlines()[0]
+    recipe = load_recipe(path)
+    assert recipe.steps
+
+
+def test_recipe_errors(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("stages:\n  - {name: a, stage: nope}\n")
+    with pytest.raises(UsageError, match="unknown stage 'nope'"):
+        load_recipe(path)
+    path.write_text("stages:\n  - {name: a, stage: sft, args: {bogus: 1}}\n")
+    with pytest.raises(UsageError, match="unknown key 'bogus'"):
+        load_recipe(path)
+    path.write_text("stages:\n  - {name: a, stage: sft, args: {task: '@b'}}\n")
+    with pytest.raises(UsageError, match="'@b' does not name an earlier stage"):
+        load_recipe(path)
+    path.write_text("root: x\nstagez: []\n")
+    with pytest.raises(UsageError, match="unknown key 'stagez'"):
+        load_recipe(path)
+
+
+def test_skips_complete_and_resumes_failed(tmp_path, monkeypatch):
+    import tdrm_cli.stages.sft as sft
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"# tdrm pipeline r.yaml\nroot: {tmp_path / 'runs'}\nseed: 1\nstages:\n"
+        f"  - {{name: a, stage: sft, args: {TINY_SFT}}}\n"
+        f"  - {{name: b, stage: sft, args: {TINY_SFT}}}\n"
+    )
+    calls = []
+    real = sft.evaluate_policy
+
+    def flaky(model_dir, *args):
+        calls.append(Path(model_dir).parent.name)
+        if len(calls) == 2:  # stage b fails after training, on its first try
+            raise RuntimeError("injected failure")
+        return real(model_dir, *args)
+
+    monkeypatch.setattr(sft, "evaluate_policy", flaky)
+    first = invoke("pipeline", recipe)
+    assert first.exit_code != 0
+    assert read_manifest(tmp_path / "runs" / "a")["status"] == "complete"
+    failed = read_manifest(tmp_path / "runs" / "b")
+    assert failed["status"] == "failed" and "injected failure" in failed["error"]
+
+    second = invoke("pipeline", recipe)
+    assert second.exit_code == 0, second.output
+    assert second.stdout.strip().splitlines()[-1] == str(tmp_path / "runs")
+    assert calls == ["a", "b", "b"]  # a skipped, b resumed
+    resumed = read_manifest(tmp_path / "runs" / "b")
+    assert resumed["status"] == "complete" and resumed["resumed"] is True
+    assert (tmp_path / "runs" / "pipeline.json").is_file()
+
+    third = invoke("pipeline", recipe)
+    assert third.exit_code == 0 and calls == ["a", "b", "b"]  # nothing ran again
