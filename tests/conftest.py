@@ -30,3 +30,15 @@ def tiny_policy(tmp_path_factory):
     )
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_collect(tiny_policy, tmp_path_factory):
+    """A `tdrm collect` run from `tiny_policy`: a complete run folder holding `rollouts.parquet`."""
+    out = tmp_path_factory.mktemp("runs") / "collect"
+    result = invoke(
+        "collect", "--policy", tiny_policy, "--out", out, "--problems", "6", "--n", "4",
+        "--mc-rollouts", "2", "--max-new-tokens", "80", "--shard-size", "3", "--batch-size", "32",
+    )
+    assert result.exit_code == 0, result.output
+    return out

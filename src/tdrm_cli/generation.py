@@ -54,14 +54,36 @@ def _group(flat: list[Completion], n: int) -> list[list[Completion]]:
     return [flat[i : i + n] for i in range(0, len(flat), n)]
 
 
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(model_path: str, trust_remote_code: bool = False):
+    """The tokenizer a model folder was saved with.
+
+    transformers 5 `AutoTokenizer` picks the class from the model type (a Qwen2 model gets
+    `Qwen2Tokenizer`, which swaps in its own byte-level pre-tokenizer) even when the folder
+    saved a generic `tokenizer.json`; for tdrm's character tokenizer that silently drops
+    every newline and space. A folder that says its tokenizer is generic is loaded as such.
+    """
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(model_path) / "tokenizer_config.json"
+    if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") in GENERIC_TOKENIZERS:
+        return PreTrainedTokenizerFast.from_pretrained(model_path)
+    return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+
+
 class HFBackend:
     """Batched `transformers` generation on the CPU or one GPU."""
 
     def __init__(self, model_path: str, batch_size: int = 64, dtype: str = "auto", trust_remote_code: bool = False):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -31,8 +31,22 @@ from tdrm_cli.config import CollectConfig
 from tdrm_cli.console import console, log, progress
 from tdrm_cli.errors import UsageError
 from tdrm_cli.generation import Backend, Sampling, check_backend, load_backend
-from tdrm_cli.runs import atomic_write_bytes, atomic_write_json, is_run_dir, manifest_sha256, resolve_model, run_stage
-from tdrm_cli.steps import DEFAULT_SEPARATOR, build_prompt, join_steps, prompt_format, read_policy_meta, split_steps
+from tdrm_cli.runs import (
+    atomic_write_bytes,
+    atomic_write_json,
+    is_run_dir,
+    manifest_sha256,
+    resolve_model,
+    run_stage,
+)
+from tdrm_cli.steps import (
+    DEFAULT_SEPARATOR,
+    build_prompt,
+    join_steps,
+    prompt_format,
+    read_policy_meta,
+    split_steps,
+)
 from tdrm_cli.tasks import Problem, Task, load_task
 
 COLUMNS = ("problem_id", "prompt", "gold", "steps", "answer", "correct",

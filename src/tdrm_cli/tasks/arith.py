@@ -30,7 +30,7 @@ OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b
 class ArithTask:
     ops: int = 4
     """Operations per problem (= computation steps)."""
-    max_operand: int = 30
+    max_operand: int = 15
     """Operands are drawn from 1..max_operand."""
     max_value: int = 99
     """Running values stay within 0..max_value."""
