@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# CPU wheel first, so the package install below adds no CUDA torch.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,gguf,gsm]'
+	$(BIN)/pip install -q -e '.[dev,gguf,gsm,serve]'
 	touch $(STAMP)
 
 demo: install

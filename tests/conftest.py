@@ -42,3 +42,13 @@ def tiny_collect(tiny_policy, tmp_path_factory):
     )
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_prm(tiny_collect, tmp_path_factory):
+    """A `tdrm train-prm` run (TD loss, a few steps) on `tiny_collect`: a complete PRM run folder."""
+    out = tmp_path_factory.mktemp("runs") / "prm"
+    result = invoke("train-prm", "--data", tiny_collect, "--out", out, "--max-steps", "3", "--batch-size", "4",
+                    "--report-to", "none")
+    assert result.exit_code == 0, result.output
+    return out

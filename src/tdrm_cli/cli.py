@@ -34,6 +34,7 @@ STAGES: dict[str, tuple[type, str, str]] = {
     "train-prm": (config.TrainPRMConfig, "train_prm", "Train a PRM on collected rollouts with TD, n-step, MC or outcome targets."),
     "collect": (config.CollectConfig, "collect", "Sample policy rollouts with verdicts, MC step labels and step truth."),
     "bon": (config.BonConfig, "bon", "Best-of-N: accuracy vs N for every PRM x aggregation x vote, with majority and pass@N."),
+    "eval": (config.EvalConfig, "eval", "Policy and PRM metrics plus report.md of bon / search / rl runs."),
     "search": (config.SearchConfig, "search", "Step-level PRM-guided search (beam, greedy, DVTS): accuracy vs generated tokens."),
     "rl": (config.RLConfig, "rl", "GRPO on the policy with verifier, PRM or PRM+verifier rewards."),
 }
@@ -99,6 +100,36 @@ def stage_command(name: str, cfg_cls: type, module: str, help_text: str) -> None
 
 for _name, (_cls, _module, _help) in STAGES.items():
     stage_command(_name, _cls, _module, _help)
+
+
+@app.command("serve")
+def serve_command(
+    prm: str = typer.Option(..., "--prm", help="PRM: a train-prm run folder or a PRM model folder."),
+    task: str | None = typer.Option(None, "--task", help="Task whose answer check --reward prm+rlvr uses (default: the PRM's task)."),
+    reward: str = typer.Option("prm", "--reward", help="/get_reward value: prm (aggregated PRM score) or prm+rlvr (w*PRM + (1-w)*verifier)."),
+    prm_weight: float = typer.Option(0.2, "--prm-weight", help="w of --reward prm+rlvr."),
+    agg: str | None = typer.Option(None, "--agg", help="Step-score aggregation: min, last, prod, mean (default: the PRM's)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(5000, "--port", help="Port to listen on."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="TDRM_SERVE_API_KEY", help="Require 'Authorization: Bearer KEY' on every request (or set TDRM_SERVE_API_KEY)."),
+    max_batch: int = typer.Option(32, "--max-batch", help="Solutions scored together in one micro-batch."),
+    max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", help="How long an idle model waits for more requests before scoring (0: a batch is what queued while it was busy)."),
+    max_queue: int = typer.Option(256, "--max-queue", help="Requests waiting beyond this answer 503."),
+    max_request_bytes: int = typer.Option(64 * 1024 * 1024, "--max-request-bytes", help="Larger request bodies answer 413."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model folder (off by default)."),
+) -> None:
+    """Serve a PRM over HTTP: OpenRLHF /get_reward, /score, /health, /info (see README)."""
+    from tdrm_cli import serve
+
+    try:
+        cfg = serve.ServeConfig(
+            prm=prm, task=task, reward=reward, prm_weight=prm_weight, agg=agg, host=host, port=port,
+            api_key=api_key, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+            max_request_bytes=max_request_bytes, trust_remote_code=trust_remote_code,
+        )  # fmt: skip
+        serve.run(cfg)
+    except UsageError as e:
+        fail(str(e))
 
 
 @app.command("pipeline")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tdrm_cli.errors import UsageError
-from tdrm_cli.runs import is_run_dir, require_complete, resolve_model
+from tdrm_cli.runs import resolve_model
 from tdrm_cli.steps import DEFAULT_SEPARATOR, build_prompt, encode_pieces, prompt_format
 
 PRM_META = "tdrm_prm.json"
@@ -96,7 +96,12 @@ def pad_batch(rows: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
         attention_mask[i, : len(r.ids)] = 1
         step_index[i, : len(r.ends)] = torch.tensor(r.ends, dtype=torch.long)
         step_mask[i, : len(r.ends)] = True
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "step_index": step_index, "step_mask": step_mask}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "step_index": step_index,
+        "step_mask": step_mask,
+    }
 
 
 def step_logits(model: Any, input_ids, attention_mask, step_index):
@@ -140,25 +145,39 @@ def check_causal_lm(model_path: str, role: str = "base", trust_remote_code: bool
             f"--{role} {model_path}: not a causal LM (architectures: {', '.join(archs) or 'none'}, "
             f"model_type: {model_type})"
         )
-    remote_head = trust_remote_code and "AutoModelForTokenClassification" in (getattr(config, "auto_map", None) or {})
+    remote_head = trust_remote_code and "AutoModelForTokenClassification" in (
+        getattr(config, "auto_map", None) or {}
+    )
     if model_type not in MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES and not remote_head:
-        raise UsageError(f"--{role} {model_path}: transformers has no token-classification head for '{model_type}'")
+        raise UsageError(
+            f"--{role} {model_path}: transformers has no token-classification head for '{model_type}'"
+        )
 
 
 def load_tokenizer(model_path: str, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
+    # generation.load_tokenizer keeps tdrm's character tokenizer intact (AutoTokenizer in
+    # transformers 5 would swap in the model type's tokenizer and drop whitespace).
+    from tdrm_cli.generation import load_tokenizer as load_saved_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    tokenizer = load_saved_tokenizer(model_path, trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_value_model(model_path: str, pad_token_id: int, role: str = "base", trust_remote_code: bool = False, dtype=None):
+def load_value_model(
+    model_path: str,
+    pad_token_id: int,
+    role: str = "base",
+    trust_remote_code: bool = False,
+    dtype=None,
+):
     """`AutoModelForTokenClassification` with one label on top of a backbone (head new if absent)."""
     from transformers import AutoConfig, AutoModelForTokenClassification
 
-    config = AutoConfig.from_pretrained(model_path, num_labels=1, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(
+        model_path, num_labels=1, trust_remote_code=trust_remote_code
+    )
     # No dropout before the head: the training-time value is then the same function that
     # scoring uses, which the bootstrapped TD target relies on.
     config.classifier_dropout = 0.0
@@ -166,11 +185,17 @@ def load_value_model(model_path: str, pad_token_id: int, role: str = "base", tru
     kwargs = {"dtype": dtype} if dtype is not None else {}
     try:
         return AutoModelForTokenClassification.from_pretrained(
-            model_path, config=config, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
+            model_path,
+            config=config,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            **kwargs,
         )
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"--{role} {model_path}: cannot load safetensors weights ({first})") from None
+        raise UsageError(
+            f"--{role} {model_path}: cannot load safetensors weights ({first})"
+        ) from None
 
 
 # ---------------------------------------------------------------- the PRM
@@ -195,7 +220,10 @@ class PRM:
         """The prompt text for a question and its token count (cached: problems repeat)."""
         if question not in self._prompts:
             prompt = build_prompt(self.tokenizer, question, self.meta)
-            self._prompts[question] = prompt, len(encode_pieces(self.tokenizer, prompt, [], self.separator)[0])
+            self._prompts[question] = (
+                prompt,
+                len(encode_pieces(self.tokenizer, prompt, [], self.separator)[0]),
+            )
         return self._prompts[question]
 
     def encode(self, question: str, steps: Sequence[str]) -> Encoded:
@@ -203,7 +231,9 @@ class PRM:
         ids, ends = encode_pieces(self.tokenizer, prompt, list(steps), self.separator)
         return Encoded(ids, ends, prompt_len)
 
-    def score(self, problems: Sequence[str], solutions: Sequence[Sequence[str]], batch_size: int = 32) -> list[list[float]]:
+    def score(
+        self, problems: Sequence[str], solutions: Sequence[Sequence[str]], batch_size: int = 32
+    ) -> list[list[float]]:
         """Step values of every solution; all steps of a solution in one forward pass."""
         if len(problems) != len(solutions):
             raise ValueError(f"{len(problems)} problems but {len(solutions)} solutions")
@@ -252,24 +282,31 @@ def prm_meta(tokenizer: Any, policy_meta: dict[str, Any], **extra: Any) -> dict[
     }
 
 
-def load_prm(path_or_run: str | Path, role: str = "prm", dtype: Any = None) -> PRM:
-    """A PRM from a train-prm run folder or a PRM model folder (refuses anything else)."""
+def load_prm(
+    path_or_run: str | Path, role: str = "prm", dtype: Any = None, trust_remote_code: bool = False
+) -> PRM:
+    """A PRM from a train-prm run folder or a PRM model folder (refuses anything else).
+
+    `dtype` defaults to bfloat16 on a GPU and float32 on the CPU.
+    """
     import torch
 
     path = Path(path_or_run)
-    if is_run_dir(path):
-        require_complete(path, role, "train-prm")
+    # A run folder must be a complete train-prm run; a model folder needs config.json.
     model_dir, _ = resolve_model(path, role, ("train-prm",))
     meta_path = Path(model_dir) / PRM_META
     if not meta_path.is_file():
         raise UsageError(f"--{role} {path}: no {PRM_META} (not a PRM trained by tdrm train-prm)")
     config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     archs = config.get("architectures") or []
-    if not any(a.endswith("ForTokenClassification") for a in archs) or len(config.get("id2label") or {0: 0}) != 1:
-        raise UsageError(f"--{role} {path}: config.json is not a one-label token-classification model")
+    one_label = len(config.get("id2label") or {0: 0}) == 1
+    if not any(a.endswith("ForTokenClassification") for a in archs) or not one_label:
+        raise UsageError(
+            f"--{role} {path}: config.json is not a one-label token-classification model"
+        )
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
-    model = load_value_model(model_dir, tokenizer.pad_token_id, role=role, dtype=dtype).to(device)
-    return PRM(model, tokenizer, meta)
+    model = load_value_model(model_dir, tokenizer.pad_token_id, role, trust_remote_code, dtype)
+    return PRM(model.to(device), tokenizer, meta)

@@ -1,0 +1,171 @@
+"""The PRM trainer: targets, collator and a `transformers.Trainer` subclass.
+
+TRL 1.x ships no PRM trainer, so `PRMTrainer` subclasses `transformers.Trainer` with its
+own collator (`StepCollator`) and `compute_loss` (BCE of step values against detached
+targets, DESIGN.md section 4); accelerate/DeepSpeed, checkpoints, `resume_from_checkpoint`
+and `report_to` come from the library. Kept out of the stage module so other stages
+(e.g. online TD updates during RL) and the benchmarks can reuse it; the math is `td.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import Trainer
+
+from tdrm_cli import td
+from tdrm_cli.prm import Encoded, pad_batch, step_logits
+
+# ---------------------------------------------------------------- targets
+
+
+@dataclass
+class Targets:
+    """Which target each step is fit to; `__call__` picks the function from `TARGETS`."""
+
+    loss: str = "td"
+    gamma: float = 1.0
+    td_lambda: float = 0.8
+    n_step: int | None = None
+    td_mix: float | None = None
+    hard: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Targets:
+        """From a `TrainPRMConfig` (or anything with the same fields)."""
+        return cls(cfg.loss, cfg.gamma, cfg.td_lambda, cfg.n_step, cfg.td_mix, cfg.hard)
+
+    def td(self, values, terminal, mask):
+        """TD(lambda), or n-step when `n_step` is set; per-step rewards are 0, R = verdict."""
+        if self.n_step is not None:
+            return td.nstep_targets(values, None, terminal, mask, n=self.n_step, gamma=self.gamma)
+        return td.td_lambda_targets(
+            values, None, terminal, mask, gamma=self.gamma, lam=self.td_lambda
+        )
+
+    def __call__(self, values, batch: dict[str, Any]):
+        return TARGETS[self.loss](self, values, batch)
+
+
+def _td_target(spec: Targets, values, batch):
+    y = spec.td(values, batch["terminal"], batch["step_mask"])
+    if spec.td_mix is None:
+        return y
+    mc = td.mc_targets(batch["mc_labels"], batch["step_mask"], hard=spec.hard)
+    return td.mix_targets(y, mc, spec.td_mix, batch["step_mask"], mc_mask=batch["has_mc"])
+
+
+def _mc_target(spec: Targets, values, batch):
+    return td.mc_targets(batch["mc_labels"], batch["step_mask"], hard=spec.hard)
+
+
+def _outcome_target(spec: Targets, values, batch):
+    return td.outcome_targets(batch["terminal"], batch["step_mask"])
+
+
+TARGETS: dict[str, Callable[[Targets, Any, dict[str, Any]], Any]] = {
+    "td": _td_target,
+    "mc": _mc_target,
+    "outcome": _outcome_target,
+}
+
+
+@dataclass
+class StepCollator:
+    """Pads a batch of rollouts: tokens, step indices/mask, verdicts, MC labels, step lengths."""
+
+    pad_id: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        rows = [Encoded(f["input_ids"], f["step_index"], f["prompt_len"]) for f in features]
+        batch = pad_batch(rows, self.pad_id)
+        shape = batch["step_mask"].shape
+        batch["terminal"] = torch.tensor([f["terminal"] for f in features], dtype=torch.float32)
+        batch["mc_labels"] = torch.zeros(shape)
+        batch["has_mc"] = torch.zeros(shape[0], dtype=torch.bool)
+        batch["step_tokens"] = torch.ones(shape)
+        for i, (f, row) in enumerate(zip(features, rows, strict=True)):
+            batch["step_tokens"][i, : len(row.ends)] = torch.tensor(
+                row.step_tokens, dtype=torch.float32
+            )
+            if f["mc_labels"] is not None:
+                batch["mc_labels"][i, : len(row.ends)] = torch.tensor(
+                    f["mc_labels"], dtype=torch.float32
+                )
+                batch["has_mc"][i] = True
+        return batch
+
+
+# ---------------------------------------------------------------- trainer
+
+
+class PRMTrainer(Trainer):
+    """BCE of step values against detached targets; logs mean |TD error| and smoothness."""
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+
+    def __init__(self, *args: Any, targets: Targets, target_refresh: int = 0, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.targets = targets
+        self.target_refresh = target_refresh
+        self._target_step: int | None = None
+        self._train_metrics: dict[str, list[float]] = defaultdict(list)
+        # The frozen copy starts equal to the online model and is refreshed every K steps.
+        self.target_model = (
+            copy.deepcopy(self.model).eval().requires_grad_(False) if target_refresh > 0 else None
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        import torch
+
+        mask = inputs["step_mask"]
+        logits = step_logits(
+            model, inputs["input_ids"], inputs["attention_mask"], inputs["step_index"]
+        ).float()
+        values = torch.sigmoid(logits)
+        bootstrap = (
+            self._frozen_values(model, inputs) if self.target_model is not None else values.detach()
+        )
+        targets = self.targets(bootstrap, inputs)
+        loss = td.masked_bce_with_logits(logits, targets, mask)
+        if model.training:
+            self._record(values.detach(), targets, inputs)
+        return (loss, {"values": values}) if return_outputs else loss
+
+    def _frozen_values(self, model, inputs):
+        import torch
+
+        step = self.state.global_step
+        if self._target_step is None or step - self._target_step >= self.target_refresh:
+            self.target_model.load_state_dict(self.accelerator.unwrap_model(model).state_dict())
+            self._target_step = step
+        with torch.no_grad():
+            logits = step_logits(
+                self.target_model,
+                inputs["input_ids"],
+                inputs["attention_mask"],
+                inputs["step_index"],
+            )
+        return torch.sigmoid(logits.float())
+
+    def _record(self, values, targets, inputs) -> None:
+        # td_error is |y - V| against the trained target (the TD error proper under --loss td).
+        mask = inputs["step_mask"]
+        self._train_metrics["td_error"].append(td.td_error(values, targets, mask).item())
+        self._train_metrics["smoothness"].append(td.smoothness(values, mask).item())
+        self._train_metrics["smoothness_tokens"].append(
+            td.smoothness(values, mask, inputs["step_tokens"]).item()
+        )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Averages over the batches since the last log, this rank's share of the data.
+        if "loss" in logs and self._train_metrics:
+            logs.update({k: round(sum(v) / len(v), 6) for k, v in self._train_metrics.items()})
+            self._train_metrics.clear()
+        super().log(logs, start_time)

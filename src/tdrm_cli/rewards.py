@@ -1,0 +1,209 @@
+"""Reward callables for `trl.GRPOTrainer` (DESIGN.md section 6).
+
+GRPOTrainer calls every reward function as
+
+    reward(prompts=..., completions=..., completion_ids=..., **columns) -> list[float]
+
+with one entry per completion, where `columns` are the dataset's other columns
+(`problem_id`, `question`, `gold`, repeated per completion) plus a few trainer extras
+(`trainer_state`, `log_metric`, ...). Both rewards here are plain callables with a
+`__name__`, so TRL logs them separately as `rewards/verifier/mean` and
+`rewards/prm/mean`; `--reward prm+rlvr` weights them with GRPO's `reward_weights`.
+
+`OnlinePRMUpdate` keeps the PRM reward learning while the policy trains
+(`--prm-update online`): TD(lambda) steps on fresh rollouts, the verifier's verdict as
+the terminal reward.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from transformers import TrainerCallback
+
+from tdrm_cli import td
+from tdrm_cli.prm import aggregate, pad_batch, step_logits
+from tdrm_cli.steps import DEFAULT_SEPARATOR, split_steps
+from tdrm_cli.tasks import Problem, Task
+
+Observer = Callable[[list[str], list[str], list[float]], None]
+"""`observer(questions, completion_texts, verdicts)`: sees every verified batch (online PRM updates)."""
+
+
+def completion_text(completion: Any) -> str:
+    """The generated text: a plain string, or the last message of a conversational completion."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    return str(completion)
+
+
+class VerifierReward:
+    """1.0 when the completion's final answer passes the task's check, else 0.0 (RLVR)."""
+
+    def __init__(
+        self, task: Task, separator: str = DEFAULT_SEPARATOR, observer: Observer | None = None
+    ):
+        self.__name__ = "verifier"
+        self.task = task
+        self.separator = separator
+        self.observer = observer
+
+    def __call__(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        question: Sequence[str],
+        gold: Sequence[str],
+        problem_id: Sequence[str] | None = None,
+        **_: Any,
+    ) -> list[float]:
+        texts = [completion_text(c) for c in completions]
+        ids = problem_id or [""] * len(texts)
+        verdicts = []
+        for pid, q, g, text in zip(ids, question, gold, texts, strict=True):
+            answer = self.task.extract_answer(split_steps(text, self.separator))
+            verdicts.append(float(self.task.is_correct(Problem(pid, q, g), answer)))
+        if self.observer is not None:
+            self.observer(list(question), texts, verdicts)
+        return verdicts
+
+
+class PRMReward:
+    """The PRM's aggregated step score of each completion, all steps scored in one pass.
+
+    `prm` is anything with `score(questions, step_lists) -> list[list[float]]` and a
+    `separator` (a `tdrm_cli.prm.PRM`, or a fake in tests). A completion without steps
+    scores 0.0. Identical (question, steps) pairs are scored once: a GRPO group of a
+    confident policy repeats itself a lot, and the PRM forward is most of this reward's cost.
+    """
+
+    def __init__(self, prm: Any, agg: str | None = None):
+        self.__name__ = "prm"
+        self.prm = prm
+        self.agg = agg or getattr(prm, "agg", "min")
+        aggregate([], self.agg)  # an unknown aggregation fails here, not mid-training
+
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], question: Sequence[str], **_: Any
+    ) -> list[float]:
+        keys = [
+            (q, tuple(split_steps(completion_text(c), self.prm.separator)))
+            for q, c in zip(question, completions, strict=True)
+        ]
+        unique = [key for key in dict.fromkeys(keys) if key[1]]
+        values = (
+            self.prm.score([q for q, _ in unique], [list(steps) for _, steps in unique])
+            if unique
+            else []
+        )
+        score = {key: aggregate(v, self.agg) for key, v in zip(unique, values, strict=True)}
+        return [score.get(key, 0.0) for key in keys]
+
+
+# ---------------------------------------------------------------- the critic, trained online
+
+
+class OnlinePRMUpdate(TrainerCallback):
+    """TD(lambda) updates of the PRM on the policy's fresh rollouts, verdict = terminal reward.
+
+    The actor-critic loop: `observe` is the verifier's observer and buffers every verified
+    completion. Every `every` GRPO steps the buffers of all ranks are gathered (so every
+    rank's PRM copy takes the same steps) and the PRM takes one pass of minibatch steps over
+    them: BCE of the step values against detached TD(lambda) targets, as in train-prm. It
+    scores in eval mode in between. `state`/`load_state` carry it through checkpoints.
+    """
+
+    def __init__(
+        self,
+        prm: Any,
+        every: int,
+        learning_rate: float,
+        batch_size: int,
+        td_lambda: float,
+        gamma: float,
+        seed: int = 0,
+        writer: Any = None,
+    ):
+        import torch
+
+        self.prm, self.every, self.batch_size = prm, every, batch_size
+        self.td_lambda, self.gamma, self.seed, self.writer = td_lambda, gamma, seed, writer
+        self.optimizer = torch.optim.AdamW(
+            prm.model.parameters(), lr=learning_rate, weight_decay=0.0
+        )
+        self.buffer: list[tuple[str, list[str], float]] = []
+        self.history: list[dict[str, Any]] = []
+
+    def observe(self, questions: list[str], texts: list[str], verdicts: list[float]) -> None:
+        for question, text, verdict in zip(questions, texts, verdicts, strict=True):
+            self.buffer.append((question, split_steps(text, self.prm.separator), verdict))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        from accelerate.utils import gather_object
+
+        if state.global_step % self.every:
+            return
+        rollouts = [r for r in gather_object(self.buffer) if r[1]]  # rank order, same on every rank
+        self.buffer = []
+        if rollouts:
+            stats = self.update(rollouts, seed=self.seed + state.global_step)
+            self.history.append({"step": state.global_step, **stats})
+            for key in ("loss", "td_error", "mean_value") if self.writer else ():
+                self.writer.add_scalar(f"prm_online/{key}", stats[key], state.global_step)
+
+    def update(self, rollouts: list[tuple[str, list[str], float]], seed: int) -> dict[str, Any]:
+        """One shuffled pass of TD(lambda) minibatch steps over `(question, steps, verdict)` rollouts."""
+        import torch
+
+        order = list(range(len(rollouts)))
+        random.Random(seed).shuffle(order)
+        losses, errors, means = [], [], []
+        self.prm.model.train()
+        for start in range(0, len(order), self.batch_size):
+            chunk = [rollouts[i] for i in order[start : start + self.batch_size]]
+            encoded = [self.prm.encode(question, steps) for question, steps, _ in chunk]
+            batch = {
+                k: v.to(self.prm.device)
+                for k, v in pad_batch(encoded, self.prm.tokenizer.pad_token_id).items()
+            }
+            mask = batch["step_mask"]
+            terminal = torch.tensor([verdict for _, _, verdict in chunk], device=self.prm.device)
+            logits = step_logits(
+                self.prm.model, batch["input_ids"], batch["attention_mask"], batch["step_index"]
+            )
+            values = torch.sigmoid(logits.float())
+            targets = td.td_lambda_targets(
+                values.detach(), None, terminal, mask, gamma=self.gamma, lam=self.td_lambda
+            )
+            loss = td.masked_bce_with_logits(logits.float(), targets, mask)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.item())
+            errors.append(td.td_error(values.detach(), targets, mask).item())
+            means.append(values.detach()[mask].mean().item())
+        self.prm.model.eval()
+        return {
+            "rollouts": len(rollouts),
+            "gradient_steps": len(losses),
+            "loss": round(statistics.mean(losses), 6),
+            "td_error": round(statistics.mean(errors), 6),
+            "mean_value": round(statistics.mean(means), 6),
+        }
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.prm.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "history": self.history,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.prm.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history = list(state["history"])

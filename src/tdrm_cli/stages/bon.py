@@ -1,0 +1,329 @@
+"""`tdrm bon`: best-of-N accuracy vs N for every PRM x aggregation x vote.
+
+setup (PRMs, then the candidates: `--n` samples per problem from `--policy`, or the
+rollouts of a `--samples` collect run) -> score every candidate with every PRM, all its
+steps in one forward pass -> accuracy at N = 1, 2, 4, ... for each PRM x aggregation x
+vote, with majority vote (no PRM) and pass@N (oracle) as references -> save.
+
+The candidates are sampled once and shared by every PRM, and smaller N use the same
+random subsets for every PRM and vote (voting.py), so all comparisons are paired.
+
+Artifacts: `scores.parquet` (one row per candidate, one `scores_<prm>` column of step
+scores per PRM), `results.json` (one row per curve point; nothing time-dependent, so a
+fixed seed gives the same file), `bon_accuracy.png`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from tdrm_cli import plots, voting
+from tdrm_cli.config import AGG_CHOICES, BonConfig
+from tdrm_cli.console import console, log, progress
+from tdrm_cli.errors import UsageError
+from tdrm_cli.generation import Sampling, check_backend, load_backend
+from tdrm_cli.prm import PRM, aggregate, load_prm
+from tdrm_cli.runs import (
+    atomic_write_bytes,
+    atomic_write_json,
+    require_complete,
+    resolve_model,
+    run_stage,
+)
+from tdrm_cli.steps import DEFAULT_SEPARATOR, build_prompt, read_policy_meta, split_steps
+from tdrm_cli.tasks import load_task
+
+SCORES = "scores.parquet"
+RESULTS = "results.json"
+PLOT = "bon_accuracy.png"
+COLUMNS = ("problem_id", "prompt", "gold", "sample_idx", "steps", "answer", "correct", "num_tokens")
+
+
+# ---------------------------------------------------------------- setup
+
+
+def prm_labels(paths: list[str]) -> list[str]:
+    """Short, distinct names for the PRMs: the run folder's name (`prm-td`), numbered on clashes."""
+    names = []
+    for path in paths:
+        p = Path(path)
+        names.append(p.parent.name if p.name == "model" and p.parent.name else p.name or str(path))
+    return [f"{name}-{i}" if names.count(name) > 1 else name for i, name in enumerate(names)]
+
+
+def load_prms(paths: list[str]) -> list[PRM]:
+    return [load_prm(path, role="prm") for path in paths]
+
+
+def read_samples(cfg: BonConfig) -> list[dict[str, Any]]:
+    """The first `--problems` problems of a collect run, `--n` rollouts each (by sample_idx)."""
+    import pyarrow.parquet as pq
+
+    require_complete(cfg.samples, "samples", "collect")
+    path = Path(cfg.samples) / "rollouts.parquet"
+    if not path.is_file():
+        raise UsageError(f"--samples {cfg.samples}: no rollouts.parquet")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in pq.read_table(
+        path
+    ).to_pylist():  # pyarrow keeps a missing answer None (pandas makes it NaN)
+        groups.setdefault(row["problem_id"], []).append(row)
+    chosen = list(groups.items())[: cfg.problems]
+    for problem_id, group in chosen:
+        if len(group) < cfg.n:
+            raise UsageError(
+                f"--n {cfg.n}: --samples {cfg.samples} has only {len(group)} samples for {problem_id}"
+            )
+    if len(groups) < cfg.problems:
+        log(f"--samples {cfg.samples}: holds {len(groups)} problems, using all of them")
+    rows = []
+    for _, group in chosen:
+        for r in sorted(group, key=lambda r: r["sample_idx"])[: cfg.n]:
+            rows.append(
+                {
+                    "problem_id": r["problem_id"],
+                    "prompt": r["prompt"],
+                    "gold": r["gold"],
+                    "sample_idx": int(r["sample_idx"]),
+                    "steps": [str(s) for s in r["steps"] or []],
+                    "answer": r["answer"],
+                    "correct": int(r["correct"]),
+                    "num_tokens": None,
+                }
+            )
+    return rows
+
+
+def sample_candidates(cfg: BonConfig, model_path: str) -> tuple[list[dict[str, Any]], int]:
+    """`--n` samples per problem from the policy, split into steps and checked; (rows, tokens)."""
+    task = load_task(cfg.task)
+    problems = task.problems(cfg.split, cfg.problems)
+    try:
+        backend = load_backend(
+            cfg.backend,
+            model_path,
+            batch_size=cfg.batch_size,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"--policy {cfg.policy}: could not load the model ({first})") from None
+    meta = read_policy_meta(model_path)
+    separator = meta.get("separator", DEFAULT_SEPARATOR)
+    prompts = [build_prompt(backend.tokenizer, p.question, meta) for p in problems]
+    sampling = Sampling(
+        n=cfg.n,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+    )
+    tokens = 0
+    with progress() as bar:
+        job = bar.add_task("sampling", total=len(prompts) * cfg.n)
+
+        def on_batch(sequences: int, generated: int) -> None:
+            nonlocal tokens
+            tokens += generated
+            bar.update(job, advance=sequences)
+
+        completions = backend.generate(prompts, sampling, on_batch=on_batch)
+    rows = []
+    for problem, samples in zip(problems, completions, strict=True):
+        for k, completion in enumerate(samples):
+            steps = split_steps(completion.text, separator)
+            answer = task.extract_answer(steps)
+            rows.append(
+                {
+                    "problem_id": problem.id,
+                    "prompt": problem.question,
+                    "gold": problem.gold,
+                    "sample_idx": k,
+                    "steps": steps,
+                    "answer": answer,
+                    "correct": int(task.is_correct(problem, answer)),
+                    "num_tokens": completion.num_tokens,
+                }
+            )
+    return rows, tokens
+
+
+# ---------------------------------------------------------------- scoring and curves
+
+
+def score_candidates(
+    rows: list[dict[str, Any]], prms: list[PRM], labels: list[str], batch_size: int
+) -> None:
+    """Add `scores_<label>`: every candidate's step values under every PRM (one pass per candidate)."""
+    chunk = batch_size * 8
+    with progress() as bar:
+        for prm, label in zip(prms, labels, strict=True):
+            job = bar.add_task(f"scoring {label}", total=len(rows))
+            values: list[list[float]] = []
+            for start in range(0, len(rows), chunk):
+                part = rows[start : start + chunk]
+                values += prm.score(
+                    [r["prompt"] for r in part], [r["steps"] for r in part], batch_size=batch_size
+                )
+                bar.update(job, advance=len(part))
+            for row, v in zip(rows, values, strict=True):
+                row[f"scores_{label}"] = v
+
+
+def by_problem(rows: list[dict[str, Any]], column: str) -> list[list[Any]]:
+    """`column` of every candidate, grouped per problem in candidate order."""
+    groups: dict[str, list[Any]] = {}
+    for row in rows:
+        groups.setdefault(row["problem_id"], []).append(row[column])
+    return list(groups.values())
+
+
+def choices(value: str, all_of: tuple[str, ...]) -> list[str]:
+    return list(all_of) if value == "all" else [value]
+
+
+def curves(rows: list[dict[str, Any]], labels: list[str], cfg: BonConfig) -> list[dict[str, Any]]:
+    """One row per (curve, N): pass@N, majority, and every PRM x aggregation x PRM vote."""
+    answers, correct = by_problem(rows, "answer"), by_problem(rows, "correct")
+    ns = voting.powers_of_two(cfg.n)
+    votes = [v for v in choices(cfg.vote, voting.PRM_VOTES) if v != "majority"]
+    plain = voting.as_arrays(answers, correct, None)
+    specs: list[tuple[str, dict[str, Any], dict[str, Any], str | None]] = [
+        ("pass@N", {"prm": None, "agg": None, "vote": None}, plain, None),
+        ("majority", {"prm": None, "agg": None, "vote": "majority"}, plain, "majority"),
+    ]
+    for agg in choices(cfg.agg, AGG_CHOICES):
+        for label in labels:
+            scores = [
+                [aggregate(v, agg) for v in values]
+                for values in by_problem(rows, f"scores_{label}")
+            ]
+            arrays = voting.as_arrays(answers, correct, scores)
+            for vote in votes:
+                specs.append(
+                    (
+                        f"{label}/{agg}/{vote}",
+                        {"prm": label, "agg": agg, "vote": vote},
+                        arrays,
+                        vote,
+                    )
+                )
+    out = []
+    for name, keys, arrays, vote in specs:
+        for n in ns:
+            mean, std = voting.accuracy_at_n(arrays, None, None, vote, n, cfg.subsets, cfg.seed)
+            out.append({"name": name, **keys, "n": n, "accuracy": mean, "std": std})
+    return out
+
+
+# ---------------------------------------------------------------- save and show
+
+
+def write_scores(path: Path, rows: list[dict[str, Any]], labels: list[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fields = [
+        ("problem_id", pa.string()),
+        ("prompt", pa.string()),
+        ("gold", pa.string()),
+        ("sample_idx", pa.int64()),
+        ("steps", pa.list_(pa.string())),
+        ("answer", pa.string()),
+        ("correct", pa.int64()),
+        ("num_tokens", pa.int64()),
+    ] + [(f"scores_{label}", pa.list_(pa.float64())) for label in labels]
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(fields)), sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def print_table(results: list[dict[str, Any]], problems: int, n_max: int) -> None:
+    ns = voting.powers_of_two(n_max)
+    names = list(dict.fromkeys(r["name"] for r in results))
+    show_std = console.width >= max(len(name) for name in names) + 14 * len(ns) + 4
+    spread = "mean ± std over subsets" if show_std else "mean over subsets; std in results.json"
+    table = Table(title=f"best-of-N accuracy, {problems} problems ({spread})")
+    table.add_column("method", no_wrap=True)
+    for n in ns:
+        table.add_column(f"N={n}", justify="right", no_wrap=True)
+    cells: dict[str, dict[int, str]] = {}
+    for r in results:
+        std = f"±{r['std']:.3f}" if show_std and r["std"] > 0 else ""
+        cells.setdefault(r["name"], {})[r["n"]] = f"{r['accuracy']:.3f}{std}"
+    for name in names:
+        style = "dim" if name in ("pass@N", "majority") else None
+        table.add_row(name, *(cells[name].get(n, "") for n in ns), style=style)
+    console.print(table)
+
+
+def summary(results: list[dict[str, Any]], n_max: int) -> dict[str, Any]:
+    """Accuracy at the largest N of every curve; `accuracy` is the first PRM curve's."""
+    at_max = {r["name"]: round(r["accuracy"], 4) for r in results if r["n"] == n_max}
+    prm_curves = [name for name in at_max if name not in ("pass@N", "majority")]
+    return {
+        "accuracy": at_max[prm_curves[0]] if prm_curves else None,
+        "pass@n": at_max["pass@N"],
+        "majority": at_max["majority"],
+        "n": n_max,
+        "at_max_n": at_max,
+    }
+
+
+def run(cfg: BonConfig) -> Path:
+    # Inputs are checked (and PRMs loaded) before a run folder exists: bad input leaves nothing behind.
+    model_path, rows, tokens = None, None, None
+    if cfg.policy is not None:
+        load_task(cfg.task)
+        check_backend(cfg.backend)
+        model_path, _ = resolve_model(cfg.policy, "policy")
+    else:
+        rows = read_samples(cfg)
+    labels = prm_labels(cfg.prm)
+    prms = load_prms(cfg.prm)
+    with run_stage("bon", cfg) as run:
+        if cfg.policy is not None:
+            run.add_input("policy", cfg.policy)
+        else:
+            run.add_input("samples", cfg.samples)
+        for i, path in enumerate(cfg.prm):
+            run.add_input(f"prm{i}", path)
+        start = time.perf_counter()
+        if model_path is not None:
+            rows, tokens = sample_candidates(cfg, model_path)
+        sampled = time.perf_counter()
+        score_candidates(rows, prms, labels, cfg.batch_size)
+        scored = time.perf_counter()
+        results = curves(rows, labels, cfg)
+        problems = len({r["problem_id"] for r in rows})
+        write_scores(run.path / SCORES, rows, labels)
+        atomic_write_json(
+            run.path / RESULTS,
+            {
+                "problems": problems,
+                "candidates_per_problem": cfg.n,
+                "ns": voting.powers_of_two(cfg.n),
+                "subsets": cfg.subsets,
+                "seed": cfg.seed,
+                "prms": dict(zip(labels, cfg.prm, strict=True)),
+                "rows": results,
+            },
+        )
+        plots.bon_accuracy(
+            results, run.path / PLOT, f"best-of-N on {problems} problems ({cfg.task}, {cfg.split})"
+        )
+        metrics = summary(results, cfg.n)
+        metrics.update(
+            problems=problems,
+            generated_tokens=tokens,
+            sampling_s=round(sampled - start, 1),
+            scoring_s=round(scored - sampled, 1),
+            curves_s=round(time.perf_counter() - scored, 1),
+        )
+        run.complete(metrics)
+        print_table(results, problems, cfg.n)
+    return run.path

@@ -1,0 +1,608 @@
+"""`tdrm rl`: GRPO on the policy with verifier, PRM or PRM+verifier rewards.
+
+setup (policy, problem stream, reward callables, optional PRM) -> train (`trl.GRPOTrainer`,
+so accelerate/DeepSpeed, vLLM generation, checkpoints, `--resume` and `--report-to` come
+from the library) -> save (`model/`, `metrics.json`, `eval_curve.json` + PNG).
+
+- Rewards (`rewards.py`): `--reward rlvr` trains on the verifier alone, `prm` on the PRM's
+  aggregated step score (the verifier is still computed, with weight 0, so its mean is
+  logged), `prm+rlvr` on both with GRPO `reward_weights` [w, 1-w] (`--prm-weight w`).
+- Problem stream: the task's first `--problems` train problems, shuffled once by `--seed`
+  and fed in that order (TRL's own shuffle is off). Runs with different rewards therefore
+  see the same problems in the same order, and step s has seen s x `--batch-size` problems.
+- Data efficiency: greedy pass@1 on held-out (test split) problems at the start, every
+  `--eval-every` steps and at the end -> `eval_curve.json` (problems seen vs accuracy).
+- `--prm-update online`: every `--prm-update-every` steps the PRM takes TD(lambda) steps on
+  the policy's fresh completions with the verifier verdict as terminal reward (the
+  actor-critic loop); the updated PRM is saved to `prm/` in the run folder.
+
+Multi-process: `accelerate launch -m tdrm_cli rl ...` on GPUs, `torchrun --nproc_per_node N
+-m tdrm_cli rl ...` on CPUs (DDP over gloo). `--batch-size` is global; every rank scores its
+own completions and only rank 0 writes the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import statistics
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from tdrm_cli.config import RLConfig
+from tdrm_cli.console import console, log
+from tdrm_cli.errors import UsageError
+from tdrm_cli.prm import PRM, load_prm
+from tdrm_cli.rewards import OnlinePRMUpdate, PRMReward, VerifierReward
+from tdrm_cli.runs import Run, atomic_write_json, resolve_model, run_stage
+from tdrm_cli.steps import (
+    DEFAULT_SEPARATOR,
+    POLICY_META,
+    build_prompt,
+    read_policy_meta,
+    split_steps,
+)
+from tdrm_cli.tasks import Problem, Task, load_task
+
+CURVE = "eval_curve.json"
+CURVE_PNG = "eval_curve.png"
+ONLINE_PRM_STATE = "online_prm.pt"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+)
+
+# --reward -> [(reward name, weight)] given --prm-weight w. Under `prm` the verifier rides
+# along with weight 0: its mean (training accuracy) is logged for every reward.
+REWARD_MIXES: dict[str, Callable[[float], list[tuple[str, float]]]] = {
+    "rlvr": lambda w: [("verifier", 1.0)],
+    "prm": lambda w: [("prm", 1.0), ("verifier", 0.0)],
+    "prm+rlvr": lambda w: [("prm", w), ("verifier", 1.0 - w)],
+}
+
+# GRPOConfig settings `tdrm rl` sets itself (-> the flag to use); `--grpo` may set any other.
+MANAGED = dict(
+    learning_rate="--learning-rate", beta="--beta", num_generations="--num-generations",
+    max_completion_length="--max-completion-length", temperature="--temperature",
+    scale_rewards="--scale-rewards", use_vllm="--use-vllm", reward_weights="--reward/--prm-weight",
+    max_steps="--max-steps", per_device_train_batch_size="--batch-size", seed="--seed",
+    output_dir="--out", report_to="--report-to", logging_steps="--logging-steps",
+    save_steps="--save-steps", trust_remote_code="--trust-remote-code",
+    num_train_epochs="--problems", shuffle_dataset="--seed (fixed problem stream)",
+)  # fmt: skip
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+# ---------------------------------------------------------------- setup
+
+
+def load_policy_tokenizer(cfg: RLConfig, model_dir: str):
+    from transformers import AutoTokenizer
+
+    # transformers 5 quietly builds an empty tokenizer for a folder without tokenizer files
+    if Path(model_dir).is_dir() and not any(
+        (Path(model_dir) / f).is_file() for f in TOKENIZER_FILES
+    ):
+        raise UsageError(f"--policy {cfg.policy}: no tokenizer files in {model_dir}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_dir, trust_remote_code=cfg.trust_remote_code
+        )
+    except Exception as e:  # OSError, ValueError, TypeError... depending on what is missing
+        raise UsageError(f"--policy {cfg.policy}: no usable tokenizer ({first_line(e)})") from None
+    if len(tokenizer) < 2:
+        raise UsageError(f"--policy {cfg.policy}: no usable tokenizer (empty vocabulary)")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy_model(cfg: RLConfig, model_dir: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:  # float32 weights; on GPUs the trainer adds bf16 autocast
+        return AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise UsageError(
+            f"--policy {cfg.policy}: could not load the model ({first_line(e)})"
+        ) from None
+
+
+def problem_stream(task: Task, n: int, seed: int) -> list[Problem]:
+    """The first `n` train problems in an order fixed by `seed` (the same for every reward)."""
+    problems = task.problems("train", n)
+    random.Random(seed).shuffle(problems)
+    return problems
+
+
+def build_dataset(problems: list[Problem], tokenizer: Any, meta: dict[str, Any]):
+    """GRPO's `prompt` column plus what the rewards read: `problem_id`, `question`, `gold`."""
+    from datasets import Dataset
+
+    prompts = [build_prompt(tokenizer, p.question, meta) for p in problems]
+    return Dataset.from_dict(
+        {
+            "prompt": prompts,
+            "problem_id": [p.id for p in problems],
+            "question": [p.question for p in problems],
+            "gold": [p.gold for p in problems],
+        }
+    )
+
+
+def load_reward_prm(cfg: RLConfig) -> PRM | None:
+    """The PRM when a reward or the online update needs it, on this rank's device."""
+    import torch
+
+    if cfg.prm is None:
+        return None
+    if cfg.reward == "rlvr" and cfg.prm_update == "off":
+        log(f"--prm {cfg.prm}: unused by --reward rlvr without --prm-update online; ignored")
+        return None
+    # float32 when the PRM is trained online: bf16 AdamW steps on small values are too coarse
+    prm = load_prm(cfg.prm, dtype=torch.float32 if cfg.prm_update == "online" else None)
+    if torch.cuda.is_available():  # load_prm picks cuda:0; every rank wants its own GPU
+        prm.model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))))
+    return prm
+
+
+def reward_functions(cfg: RLConfig, task: Task, separator: str, prm: PRM | None, observer=None):
+    """(reward callables, GRPO reward_weights) for `--reward`."""
+    make = {
+        "verifier": lambda: VerifierReward(task, separator, observer=observer),
+        "prm": lambda: PRMReward(prm, cfg.agg),
+    }
+    mix = REWARD_MIXES[cfg.reward](cfg.prm_weight)
+    return [make[name]() for name, _ in mix], [weight for _, weight in mix]
+
+
+def grpo_overrides(items: list[str]) -> dict[str, Any]:
+    """`--grpo key=value` items as GRPOConfig keyword arguments (values parsed as YAML)."""
+    import yaml
+    from trl import GRPOConfig
+
+    known = {f.name for f in dataclasses.fields(GRPOConfig)}
+    out = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if key not in known:
+            raise UsageError(f"--grpo {item}: GRPOConfig has no setting '{key}'")
+        if key in MANAGED:
+            raise UsageError(f"--grpo {item}: set by tdrm rl itself (use {MANAGED[key]})")
+        try:
+            out[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def grpo_config(cfg: RLConfig, run: Run, weights: list[float], report_to: list[str], extra: dict):
+    import torch
+    from trl import GRPOConfig
+
+    completions = cfg.batch_size * cfg.num_generations
+    if completions % world_size():
+        raise UsageError(
+            f"--batch-size x --num-generations = {completions}: not divisible by {world_size()} processes"
+        )
+    cuda = torch.cuda.is_available()
+    settings = dict(
+        output_dir=str(run.path / "checkpoints"), per_device_train_batch_size=completions // world_size(),
+        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature, learning_rate=cfg.learning_rate, beta=cfg.beta,
+        scale_rewards=cfg.scale_rewards, use_vllm=cfg.use_vllm, reward_weights=weights,
+        num_train_epochs=1, max_steps=cfg.max_steps,
+        shuffle_dataset=False,  # the stream order is ours (problem_stream)
+        logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=1, report_to=report_to, seed=cfg.seed, use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        activation_checkpointing=cuda,  # TRL's default saves GPU memory; on the CPU it only costs time
+        dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        trust_remote_code=cfg.trust_remote_code,
+    )  # fmt: skip
+    try:
+        return GRPOConfig(**{**settings, **extra})
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"GRPO settings: {first_line(e)}") from None
+
+
+def problems_per_step(args) -> float:
+    """Problems consumed by one optimizer step (each gets `num_generations` completions)."""
+    completions = args.per_device_train_batch_size * world_size() * args.gradient_accumulation_steps
+    return completions / (args.num_generations * args.num_iterations)
+
+
+def reporting(cfg: RLConfig, run: Run):
+    """Trainer `report_to`, callbacks, and a SummaryWriter on the run's `logs/` (rank 0)."""
+    wanted = [r.strip() for r in cfg.report_to.split(",") if r.strip() and r.strip() != "none"]
+    callbacks, writer = [], None
+    if "tensorboard" in wanted:
+        wanted.remove("tensorboard")
+        if rank() == 0:
+            from torch.utils.tensorboard import SummaryWriter
+            from transformers.integrations import TensorBoardCallback
+
+            writer = SummaryWriter(log_dir=str(run.path / "logs"))
+            callbacks.append(TensorBoardCallback(writer))
+    return wanted or ["none"], callbacks, writer
+
+
+# ---------------------------------------------------------------- held-out accuracy
+
+
+def greedy_texts(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64
+) -> list[str]:
+    """Greedy completions, prompts tokenized the way GRPOTrainer tokenizes them."""
+    import torch
+
+    eos = model.generation_config.eos_token_id
+    stop = [
+        i
+        for i in dict.fromkeys([tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])])
+        if i is not None
+    ]
+    device = next(model.parameters()).device
+    texts = []
+    for start in range(0, len(prompts), batch_size):
+        ids = [tokenizer(text=p)["input_ids"] for p in prompts[start : start + batch_size]]
+        width = max(len(i) for i in ids)
+        input_ids = torch.tensor(
+            [[tokenizer.pad_token_id] * (width - len(i)) + i for i in ids], device=device
+        )
+        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=device)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stop,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return texts
+
+
+@dataclass(eq=False)  # callbacks are compared by identity
+class AccuracyCurve(TrainerCallback):
+    """Greedy pass@1 on held-out problems at the start, every `every` steps and at the end.
+
+    Each rank evaluates its share of the problems and the counts are gathered. Rank 0
+    rewrites `path` after every point, so a killed run keeps its curve for `--resume`.
+    """
+
+    task: Task
+    tokenizer: Any
+    problems: list[Problem]
+    prompts: list[str]
+    separator: str
+    max_new_tokens: int
+    every: int
+    per_step: float
+    path: Path | None
+    writer: Any = None
+    points: list[dict[str, Any]] = field(default_factory=list)
+
+    def correct(self, model) -> int:
+        share = slice(rank(), None, world_size())
+        texts = greedy_texts(model, self.tokenizer, self.prompts[share], self.max_new_tokens)
+        return sum(
+            self.task.is_correct(p, self.task.extract_answer(split_steps(text, self.separator)))
+            for p, text in zip(self.problems[share], texts, strict=True)
+        )
+
+    def point(self, step: int, model) -> None:
+        from accelerate.utils import gather_object
+
+        if any(p["step"] == step for p in self.points):
+            return
+        model = getattr(model, "module", model)
+        was_training = model.training
+        model.eval()
+        accuracy = sum(gather_object([self.correct(model)])) / len(self.problems)
+        model.train(was_training)
+        seen = round(step * self.per_step)
+        self.points.append({"step": step, "problems_seen": seen, "accuracy": round(accuracy, 4)})
+        if self.writer is not None:
+            self.writer.add_scalar("eval/pass@1", accuracy, step)
+            self.writer.add_scalar("eval/pass@1_by_problems_seen", accuracy, seen)
+        if self.path is not None:
+            atomic_write_json(
+                self.path, {"eval_problems": len(self.problems), "points": self.points}
+            )
+        log(f"step {step}: held-out greedy pass@1 {accuracy:.3f} after {seen} problems")
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not self.points:  # a resumed run has its early points (global_step is not restored yet)
+            self.point(0, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every and state.global_step % self.every == 0:
+            self.point(state.global_step, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.point(state.global_step, model)
+
+
+def plot_eval_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
+    """Held-out greedy pass@1 against training problems seen, one line per run (label -> points)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in curves.items():
+        points = sorted(points, key=lambda p: p["problems_seen"])
+        xs, ys = [p["problems_seen"] for p in points], [p["accuracy"] for p in points]
+        ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    ax.set(
+        xlabel="training problems seen",
+        ylabel="held-out greedy pass@1",
+        ylim=(-0.02, 1.02),
+        title=title,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- run folder, checkpoints
+
+
+@contextmanager
+def open_run(cfg: RLConfig) -> Iterator[Run]:
+    """Rank 0 owns the run folder; other ranks train with a run object that never writes."""
+    if rank() == 0:
+        with run_stage("rl", cfg) as run:
+            yield run
+    else:
+        yield FollowerRun(Path(cfg.out), {"inputs": {}, "metrics": {}})
+
+
+class FollowerRun(Run):
+    def save_manifest(self) -> None:  # rank 0 writes the manifest; ranks > 0 must not race it
+        pass
+
+
+class SaveCritic(TrainerCallback):
+    """Puts the online PRM (weights, optimizer, history) into every checkpoint, for --resume."""
+
+    def __init__(self, learner: OnlinePRMUpdate):
+        self.learner = learner
+
+    def on_save(self, args, state, control, **kwargs):
+        import torch
+
+        if rank() == 0:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            torch.save(self.learner.state(), checkpoint / ONLINE_PRM_STATE)
+
+
+def last_checkpoint(run: Run) -> Path | None:
+    found = sorted(
+        (run.path / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1])
+    )
+    return found[-1] if found else None
+
+
+def resume_state(run: Run, checkpoint: Path | None, learner: OnlinePRMUpdate | None) -> list[dict]:
+    """Restore the online PRM from `checkpoint`; the curve's points up to it (later ones are redone)."""
+    import torch
+
+    if checkpoint is None:
+        return []
+    if learner is not None and (checkpoint / ONLINE_PRM_STATE).is_file():
+        learner.load_state(
+            torch.load(
+                checkpoint / ONLINE_PRM_STATE, map_location=learner.prm.device, weights_only=True
+            )
+        )
+    if not (run.path / CURVE).is_file():
+        return []
+    step = int(checkpoint.name.rsplit("-", 1)[1])
+    return [
+        p
+        for p in json.loads((run.path / CURVE).read_text(encoding="utf-8"))["points"]
+        if p["step"] <= step
+    ]
+
+
+# ---------------------------------------------------------------- train, save
+
+
+def online_learner(cfg: RLConfig, prm: PRM | None, writer: Any) -> OnlinePRMUpdate | None:
+    if cfg.prm_update != "online":
+        return None
+    return OnlinePRMUpdate(
+        prm, every=cfg.prm_update_every, learning_rate=cfg.prm_learning_rate, batch_size=cfg.prm_batch_size,
+        td_lambda=cfg.td_lambda, gamma=cfg.gamma, seed=cfg.seed, writer=writer,
+    )  # fmt: skip
+
+
+def accuracy_curve(
+    cfg: RLConfig, task: Task, tokenizer, meta: dict, per_step: float, run: Run, writer, points
+):
+    """The held-out accuracy callback, or None with --eval-problems 0."""
+    if not cfg.eval_problems:
+        return None
+    held_out = task.problems("test", cfg.eval_problems)
+    return AccuracyCurve(
+        task=task, tokenizer=tokenizer, problems=held_out,
+        prompts=[build_prompt(tokenizer, p.question, meta) for p in held_out],
+        separator=meta.get("separator") or DEFAULT_SEPARATOR, max_new_tokens=cfg.max_completion_length,
+        every=cfg.eval_every, per_step=per_step, path=run.path / CURVE if rank() == 0 else None,
+        writer=writer, points=points,
+    )  # fmt: skip
+
+
+def run(cfg: RLConfig) -> Path:
+    from transformers import set_seed
+    from trl import GRPOTrainer
+
+    task = load_task(cfg.task)
+    policy_dir, _ = resolve_model(cfg.policy, "policy")
+    tokenizer = load_policy_tokenizer(cfg, policy_dir)
+    meta = read_policy_meta(policy_dir)
+    separator = meta.get("separator") or DEFAULT_SEPARATOR
+    extra = grpo_overrides(cfg.grpo)
+    if cfg.use_vllm:
+        check_vllm()
+    if world_size() > 1 and cfg.out is None:
+        raise UsageError(
+            "--out is required with several processes (every rank must write the same folder)"
+        )
+    prm = load_reward_prm(cfg)
+    dataset = build_dataset(problem_stream(task, cfg.problems, cfg.seed), tokenizer, meta)
+
+    with open_run(cfg) as run:
+        run.add_input("policy", cfg.policy)
+        if prm is not None:
+            run.add_input("prm", cfg.prm)
+        set_seed(cfg.seed)
+        model = load_policy_model(cfg, policy_dir)
+        report_to, callbacks, writer = reporting(cfg, run)
+        learner = online_learner(cfg, prm, writer)
+        funcs, weights = reward_functions(cfg, task, separator, prm, learner and learner.observe)
+        args = grpo_config(cfg, run, weights, report_to, extra)
+        checkpoint = last_checkpoint(run) if cfg.resume else None
+        points = resume_state(run, checkpoint, learner)
+        curve = accuracy_curve(
+            cfg, task, tokenizer, meta, problems_per_step(args), run, writer, points
+        )
+        callbacks[:0] = [
+            c for c in (curve, learner, learner and SaveCritic(learner)) if c is not None
+        ]
+        mix = ", ".join(f"{f.__name__} {w:g}" for f, w in zip(funcs, weights, strict=True))
+        log(
+            f"rl: reward {mix}; {len(dataset)} problems x {cfg.num_generations} completions, "
+            f"{problems_per_step(args):g} problems/step, {world_size()} process(es)"
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=funcs,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        trainer.accelerator.wait_for_everyone()  # no rank may still write a checkpoint when rank 0 cleans up
+        if rank() == 0:
+            save_policy(trainer, tokenizer, policy_dir, run.path / "model")
+            finish(cfg, run, trainer, result, curve, learner)
+        if writer is not None:
+            writer.close()
+    return run.path
+
+
+def save_policy(trainer, tokenizer, policy_dir: str, out: Path) -> None:
+    """Safetensors policy + tokenizer + the starting policy's tdrm_policy.json (no pickles)."""
+    trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
+        str(out), safe_serialization=True
+    )
+    tokenizer.save_pretrained(str(out))
+    if (Path(policy_dir) / POLICY_META).is_file():
+        shutil.copy(Path(policy_dir) / POLICY_META, out / POLICY_META)
+
+
+def summarize(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run means of the per-step logs that compare rewards (median for the step time)."""
+    names = {
+        "rewards/verifier/mean": "train_accuracy",
+        "rewards/prm/mean": "train_prm_reward",
+        "reward": "train_reward",
+        "kl": "kl",
+        "completions/mean_length": "completion_length",
+        "step_time": "step_time_s",
+    }
+    out = {}
+    for key, name in names.items():
+        values = [row[key] for row in log_history if row.get(key) is not None]
+        if values:
+            out[name] = round(
+                (statistics.median if key == "step_time" else statistics.mean)(values), 4
+            )
+    return out
+
+
+def finish(cfg: RLConfig, run: Run, trainer, result, curve: AccuracyCurve | None, learner) -> None:
+    """Updated PRM, accuracy curve PNG, metrics.json; marks the run complete."""
+    metrics: dict[str, Any] = {
+        "reward": cfg.reward,
+        "train_steps": int(result.global_step),
+        "problems_seen": round(result.global_step * problems_per_step(trainer.args)),
+        "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 1),
+        "world_size": world_size(),
+        **summarize(trainer.state.log_history),
+    }
+    atomic_write_json(run.path / "log_history.json", trainer.state.log_history)
+    if learner is not None:
+        learner.prm.meta = {
+            **learner.prm.meta,
+            "online_updates": len(learner.history),
+            "online_rl_run": str(run.path),
+        }
+        learner.prm.save(run.path / "prm")
+        metrics["prm_updates"] = learner.history
+    if curve is not None and curve.points:
+        label = cfg.reward if cfg.reward == "rlvr" else f"{cfg.reward} ({Path(cfg.prm).name})"
+        plot_eval_curves(
+            {label: curve.points}, run.path / CURVE_PNG, f"tdrm rl on {cfg.task}: held-out accuracy"
+        )
+        metrics.update(
+            {
+                "pass@1_start": curve.points[0]["accuracy"],
+                "pass@1": curve.points[-1]["accuracy"],
+                "eval_problems": len(curve.problems),
+            }
+        )
+    shutil.rmtree(run.path / "checkpoints", ignore_errors=True)
+    atomic_write_json(run.path / "metrics.json", metrics)
+    run.complete(metrics)
+    console.print(
+        f"[bold]rl[/] {metrics['train_steps']} steps, {metrics['problems_seen']} problems; held-out "
+        f"pass@1 {metrics.get('pass@1_start', 'n/a')} -> {metrics.get('pass@1', 'n/a')}; "
+        f"train accuracy {metrics.get('train_accuracy', 'n/a')}"
+    )
+
+
+def check_vllm() -> None:
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("vllm") is None:
+        raise UsageError("--use-vllm: vllm is not installed (pip install 'tdrm-cli[vllm]')")
+    if not torch.cuda.is_available():
+        raise UsageError("--use-vllm: needs a CUDA GPU (leave it off on the CPU)")

@@ -1,0 +1,399 @@
+"""`tdrm train-prm`: fit a process reward model to TD, n-step, MC or outcome targets.
+
+setup (rollouts, backbone, encoding) -> train (`prm_trainer.PRMTrainer`, a
+`transformers.Trainer`, so accelerate/DeepSpeed, checkpoints, `--resume` and `--report-to`
+come from the library) -> save (`model/` + `tdrm_prm.json`) -> held-out metrics. The
+target math lives in `td.py`; this file only wires it up.
+
+Multi-process runs (`torchrun --nproc_per_node N -m tdrm_cli train-prm ...`) split the
+global `--batch-size` across ranks; only rank 0 writes the run folder.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tdrm_cli import td
+from tdrm_cli.config import TrainPRMConfig
+from tdrm_cli.console import console, log
+from tdrm_cli.errors import UsageError
+from tdrm_cli.prm import (
+    AGGREGATIONS,
+    PRM,
+    Encoded,
+    aggregate,
+    check_causal_lm,
+    load_tokenizer,
+    load_value_model,
+    prm_meta,
+)
+from tdrm_cli.prm_trainer import PRMTrainer, StepCollator, Targets
+from tdrm_cli.runs import Run, atomic_write_json, require_complete, resolve_model, run_stage
+from tdrm_cli.steps import read_policy_meta
+
+ROLLOUTS = "rollouts.parquet"
+REQUIRED_COLUMNS = ("problem_id", "prompt", "steps", "correct")
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+# ---------------------------------------------------------------- rollouts
+
+
+def _row_name(frame, i: int) -> str:
+    row = frame.iloc[i]
+    sample = f", sample {row['sample_idx']}" if "sample_idx" in frame.columns else ""
+    return f"row {i} (problem {row['problem_id']}{sample})"
+
+
+def _as_list(value: Any) -> list | None:
+    return None if value is None else list(value)
+
+
+def load_rollouts(cfg: TrainPRMConfig):
+    """The collect run's rollouts, checked for what `--loss` needs; rows without steps dropped."""
+    import pandas as pd
+
+    require_complete(cfg.data, "data", "collect")
+    path = Path(cfg.data) / ROLLOUTS
+    if not path.is_file():
+        raise UsageError(f"--data {cfg.data}: no {ROLLOUTS}")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several unrelated types for a damaged file
+        raise UsageError(f"{path}: unreadable parquet ({type(e).__name__})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise UsageError(f"{path}: missing column(s) {', '.join(missing)}")
+    frame = frame.reset_index(drop=True)
+    frame["steps"] = [
+        [str(s) for s in steps] if steps is not None else [] for steps in frame["steps"]
+    ]
+    for column in ("step_labels", "step_truth"):
+        frame[column] = [_as_list(v) for v in frame[column]] if column in frame.columns else None
+    bad = next((i for i, c in enumerate(frame["correct"]) if c not in (0, 1)), None)
+    if bad is not None:
+        raise UsageError(
+            f"{path}: {_row_name(frame, bad)} has correct={frame['correct'][bad]!r}, expected 0 or 1"
+        )
+    _check_step_labels(frame, path, cfg)
+    empty = sum(len(s) == 0 for s in frame["steps"])
+    if empty:
+        log(f"skipping {empty} rollouts without steps (nothing to score)")
+        frame = frame[[len(s) > 0 for s in frame["steps"]]].reset_index(drop=True)
+    if frame.empty:
+        raise UsageError(f"{path}: no rollouts with steps to train on")
+    return frame
+
+
+def _check_step_labels(frame, path: Path, cfg: TrainPRMConfig) -> None:
+    needed_by = "--loss mc" if cfg.loss == "mc" else "--td-mix" if cfg.td_mix is not None else None
+    labels = frame["step_labels"]
+    if needed_by and all(v is None for v in labels):
+        raise UsageError(
+            f"{path}: no step_labels (collect with --mc-rollouts > 0), but {needed_by} needs them"
+        )
+    for i, (steps, row_labels) in enumerate(zip(frame["steps"], labels, strict=True)):
+        if row_labels is None:
+            if cfg.loss == "mc":
+                raise UsageError(
+                    f"{path}: {_row_name(frame, i)} has no step_labels, but --loss mc needs them"
+                )
+        elif len(row_labels) != len(steps):
+            raise UsageError(
+                f"{path}: {_row_name(frame, i)} has {len(row_labels)} step_labels for {len(steps)} steps"
+            )
+
+
+def split_by_problem(frame, fraction: float, seed: int):
+    """(train, held-out): whole problems go to one side, the same way for a given seed."""
+    ids = sorted(frame["problem_id"].unique())
+    random.Random(seed).shuffle(ids)
+    n_eval = (
+        min(max(round(len(ids) * fraction), 1), len(ids) - 1)
+        if fraction > 0 and len(ids) > 1
+        else 0
+    )
+    held_out = frame["problem_id"].isin(set(ids[:n_eval]))
+    return frame[~held_out].reset_index(drop=True), frame[held_out].reset_index(drop=True)
+
+
+def resolve_base(cfg: TrainPRMConfig, frame) -> tuple[str, str]:
+    """(reference as given, loadable model folder): `--base`, else the policy that made the data."""
+    ref = cfg.base
+    if ref is None:
+        policies = frame["policy"].dropna().unique() if "policy" in frame.columns else []
+        if len(policies) != 1:
+            raise UsageError(
+                f"--data {cfg.data}: rollouts name {len(policies)} policies; pass --base"
+            )
+        ref = str(policies[0])
+    model_dir, _ = resolve_model(ref, "base", ("sft", "rl"))
+    return ref, model_dir
+
+
+def encode_rows(prm: PRM, frame) -> list[dict[str, Any]]:
+    """One training item per rollout: piecewise token ids, step ends, verdict, MC labels."""
+    items = []
+    for question, steps, correct, labels in zip(
+        frame["prompt"], frame["steps"], frame["correct"], frame["step_labels"], strict=True
+    ):
+        encoded = prm.encode(question, steps)
+        items.append(
+            {
+                "input_ids": encoded.ids,
+                "step_index": encoded.ends,
+                "prompt_len": encoded.prompt_len,
+                "terminal": float(correct),
+                "mc_labels": labels,
+            }
+        )
+    return items
+
+
+# ---------------------------------------------------------------- setup
+
+
+def apply_lora(model, cfg: TrainPRMConfig):
+    """LoRA adapters on the backbone (peft picks the modules), full training of the head."""
+    if not cfg.lora_r:
+        return model
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise UsageError("--lora-r: peft is not installed (pip install 'tdrm-cli[lora]')") from None
+    lora = LoraConfig(
+        task_type=TaskType.TOKEN_CLS, r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        raise UsageError(f"--lora-r {cfg.lora_r}: {str(e).splitlines()[0]}") from None
+
+
+def reporting(cfg: TrainPRMConfig, run: Run) -> tuple[list[str], list[Any]]:
+    """Trainer `report_to` plus callbacks; tensorboard writes to the run's `logs/` on rank 0."""
+    wanted = [r.strip() for r in cfg.report_to.split(",") if r.strip() and r.strip() != "none"]
+    callbacks = []
+    if "tensorboard" in wanted:
+        wanted.remove("tensorboard")
+        if rank() == 0:
+            from torch.utils.tensorboard import SummaryWriter
+            from transformers.integrations import TensorBoardCallback
+
+            callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(run.path / "logs"))))
+    return wanted or ["none"], callbacks
+
+
+def training_args(cfg: TrainPRMConfig, run: Run, report_to: list[str]):
+    import torch
+    from transformers import TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(run.path / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size // world_size(),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        weight_decay=0.01,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        report_to=report_to,
+        seed=cfg.seed,
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,  # the collator needs step_index, terminal, mc_labels
+        ddp_find_unused_parameters=False,
+    )
+
+
+@contextmanager
+def open_run(cfg: TrainPRMConfig) -> Iterator[Run]:
+    """Rank 0 owns the run folder; other ranks train with a run object that never writes."""
+    if rank() == 0:
+        with run_stage("train-prm", cfg) as run:
+            yield run
+    else:
+        yield FollowerRun(Path(cfg.out), {"inputs": {}, "metrics": {}})
+
+
+class FollowerRun(Run):
+    def save_manifest(self) -> None:  # rank 0 writes the manifest; ranks > 0 must not race it
+        pass
+
+
+# ---------------------------------------------------------------- train, save, evaluate
+
+
+def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[str, Any]]:
+    import torch
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # the new head's initialisation
+    tokenizer = load_tokenizer(base, cfg.trust_remote_code)
+    # float32 master weights whatever the checkpoint holds (transformers 5 loads dtype="auto");
+    # bf16 on a GPU comes from the Trainer's autocast.
+    model = load_value_model(
+        base, tokenizer.pad_token_id, "base", cfg.trust_remote_code, dtype=torch.float32
+    )
+    meta = prm_meta(
+        tokenizer,
+        read_policy_meta(base),
+        agg=cfg.agg,
+        loss=cfg.loss,
+        base=str(cfg.base or base),
+        gamma=cfg.gamma,
+        td_lambda=cfg.td_lambda,
+        n_step=cfg.n_step,
+        td_mix=cfg.td_mix,
+    )
+    encoder = PRM(model, tokenizer, meta)
+    items = encode_rows(encoder, frame)
+    model = apply_lora(model, cfg)
+    report_to, callbacks = reporting(cfg, run)
+    trainer = PRMTrainer(
+        model=model,
+        args=training_args(cfg, run, report_to),
+        train_dataset=items,
+        data_collator=StepCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        targets=Targets.from_config(cfg),
+        target_refresh=cfg.target_refresh,
+    )
+    ckpt_dir = run.path / "checkpoints"
+    resume = cfg.resume and any(ckpt_dir.glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.accelerator.wait_for_everyone()  # no rank may still write a checkpoint when rank 0 cleans up
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if cfg.lora_r:
+        trained = trained.merge_and_unload()
+    stats = {
+        "train_loss": round(float(result.training_loss), 6),
+        "train_steps": int(result.global_step),
+        "train_rows": len(items),
+        "world_size": world_size(),
+        "per_device_batch_size": cfg.batch_size // world_size(),
+    }
+    if rank() == 0:
+        atomic_write_json(run.path / "log_history.json", trainer.state.log_history)
+    return PRM(trained, tokenizer, meta), stats
+
+
+def auroc(labels: list[int], scores: list[float]) -> float | None:
+    """ROC AUC, or None when only one class is present (undefined)."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(set(labels)) < 2:
+        return None
+    return round(float(roc_auc_score(labels, scores)), 4)
+
+
+def _padded(values: list[list[float]], encoded: list[Encoded]):
+    """`[rows, steps]` values, step mask and tokens per step for the td.py metrics."""
+    import torch
+
+    shape = (len(values), max(len(v) for v in values))
+    value_tensor, mask, step_tokens = (
+        torch.zeros(shape),
+        torch.zeros(shape, dtype=torch.bool),
+        torch.ones(shape),
+    )
+    for i, (e, v) in enumerate(zip(encoded, values, strict=True)):
+        value_tensor[i, : len(v)] = torch.tensor(v)
+        mask[i, : len(v)] = True
+        step_tokens[i, : len(v)] = torch.tensor(e.step_tokens, dtype=torch.float32)
+    return value_tensor, mask, step_tokens
+
+
+def heldout_metrics(prm: PRM, frame, targets: Targets) -> dict[str, Any]:
+    """Step AUROC vs step_truth, outcome AUROC per aggregation, smoothness, mean |TD error|.
+
+    The TD error uses the run's TD settings for every `--loss`, so PRMs trained on
+    different targets are compared on the same yardstick.
+    """
+    import torch
+
+    encoded = [prm.encode(q, s) for q, s in zip(frame["prompt"], frame["steps"], strict=True)]
+    values = prm.score_encoded(encoded)
+    truth_pairs = [
+        (t, v)
+        for row_truth, row_values in zip(frame["step_truth"], values, strict=True)
+        if row_truth is not None and len(row_truth) == len(row_values)
+        for t, v in zip(row_truth, row_values, strict=True)
+    ]
+    correct = [int(c) for c in frame["correct"]]
+    by_agg = {agg: auroc(correct, [aggregate(v, agg) for v in values]) for agg in AGGREGATIONS}
+    value_tensor, mask, step_tokens = _padded(values, encoded)
+    y = targets.td(value_tensor, torch.tensor(correct, dtype=torch.float32), mask)
+    return {
+        "eval_rows": len(frame),
+        "step_auroc": auroc([t for t, _ in truth_pairs], [v for _, v in truth_pairs])
+        if truth_pairs
+        else None,
+        "outcome_auroc": by_agg[prm.agg],
+        "outcome_auroc_by_agg": by_agg,
+        "smoothness": round(float(td.smoothness(value_tensor, mask)), 6),
+        "smoothness_tokens": round(float(td.smoothness(value_tensor, mask, step_tokens)), 6),
+        "td_error": round(float(td.td_error(value_tensor, y, mask)), 6),
+    }
+
+
+def run(cfg: TrainPRMConfig) -> Path:
+    frame = load_rollouts(cfg)
+    base_ref, base = resolve_base(cfg, frame)
+    check_causal_lm(base, "base", cfg.trust_remote_code)
+    if world_size() > 1 and cfg.out is None:
+        raise UsageError(
+            "--out is required with several processes (every rank must write the same folder)"
+        )
+    if cfg.batch_size % world_size():
+        raise UsageError(
+            f"--batch-size {cfg.batch_size}: not divisible by {world_size()} processes"
+        )
+    train_frame, eval_frame = split_by_problem(frame, cfg.eval_fraction, cfg.seed)
+    target = {"td": f"TD(lambda={cfg.td_lambda})", "mc": "MC labels", "outcome": "outcome"}[
+        cfg.loss
+    ]
+    target = f"n-step n={cfg.n_step}" if cfg.n_step else target
+    with open_run(cfg) as run:
+        run.add_input("data", cfg.data)
+        run.add_input("base", base_ref)
+        if rank() == 0:
+            log(
+                f"train-prm: {len(train_frame)} train / {len(eval_frame)} held-out rollouts, base {base}, "
+                f"target {target}, gamma {cfg.gamma}, {world_size()} process(es)"
+            )
+        prm, metrics = train(cfg, run, base, train_frame)
+        if rank() != 0:
+            return run.path
+        prm.save(run.path / "model")
+        if len(eval_frame):
+            metrics.update(heldout_metrics(prm, eval_frame, Targets.from_config(cfg)))
+        atomic_write_json(run.path / "metrics.json", metrics)
+        shutil.rmtree(run.path / "checkpoints", ignore_errors=True)  # kept until here for --resume
+        run.complete(metrics)
+        console.print(
+            f"[bold]train-prm[/] held-out step AUROC {metrics.get('step_auroc')}, outcome AUROC "
+            f"({cfg.agg}) {metrics.get('outcome_auroc')}, smoothness {metrics.get('smoothness')}"
+        )
+    return run.path

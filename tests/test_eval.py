@@ -1,0 +1,65 @@
+"""`tdrm eval` end to end: policy metrics, PRM step quality, ProcessBench files, report.md."""
+
+import json
+
+from conftest import invoke
+from tdrm_cli.runs import read_manifest
+
+
+def test_eval_policy_and_prm(tiny_policy, tiny_prm, tmp_path):
+    out = tmp_path / "eval"
+    result = invoke("eval", "--policy", tiny_policy, "--prm", tiny_prm, "--problems", "6", "--k", "2",
+                    "--max-new-tokens", "80", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == str(out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    policy = metrics["policy"]
+    assert policy["problems"] == 6 and 0 <= policy["pass@1"] <= policy["pass@2"] <= 1
+    assert policy["maj@2"] <= policy["pass@2"]
+    prm = metrics["prm"]["prm"]
+    assert prm["solutions"] > 0 and prm["smoothness"] is None or prm["smoothness"] >= 0
+    report = (out / "report.md").read_text()
+    assert "greedy pass@1" in report and "step AUROC" in report and "value_trajectories.png" in report
+    assert (out / "value_trajectories.png").stat().st_size > 1000
+    manifest = read_manifest(out)
+    assert manifest["status"] == "complete" and set(manifest["inputs"]) == {"policy", "prm"}
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_processbench_file_end_to_end(tiny_prm, tmp_path):
+    rows = [
+        {"problem": "3+4-2", "steps": ["3+4=7", "7-2=5", "answer 5"], "label": -1},
+        {"problem": "3+4-2", "steps": ["3+4=8", "8-2=6", "answer 6"], "label": 0},
+        {"problem": "9-1+5", "steps": ["9-1=8", "8+5=12", "answer 12"], "label": 1},
+        {"problem": "9-1+5", "steps": ["9-1=8", "8+5=13", "answer 13"], "label": -1},
+    ]
+    path = tmp_path / "pb.jsonl"
+    write_jsonl(path, rows)
+    out = tmp_path / "eval"
+    result = invoke("eval", "--prm", tiny_prm, "--steps-file", path, "--out", out)
+    assert result.exit_code == 0, result.output
+    section = json.loads((out / "metrics.json").read_text())["steps_file"]["prm"]
+    assert section["solutions"] == 4
+    assert 0.0 <= section["first_error_f1"] <= 1.0 and 0.0 <= section["step_auroc"] <= 1.0
+    assert "PRM step quality on" in (out / "report.md").read_text()
+
+
+def test_bad_steps_file_names_file_line_and_field(tiny_prm, tmp_path):
+    path = tmp_path / "pb.jsonl"
+    write_jsonl(path, [{"problem": "1+1", "steps": ["1+1=2"], "label": -1}, {"problem": "x", "steps": ["a"]}])
+    out = tmp_path / "eval"
+    result = invoke("eval", "--prm", tiny_prm, "--steps-file", path, "--out", out)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {path} line 2: missing field 'label'"
+    assert not out.exists()
+    path.write_text('{"problem": "1+1", "steps": ["1+1=2"], "label": 3}\n')
+    result = invoke("eval", "--prm", tiny_prm, "--steps-file", path, "--out", out)
+    assert result.exit_code == 2 and "line 1: field 'label' 3 is outside -1..0" in result.stderr
+
+
+def test_eval_needs_a_policy_or_a_steps_file(tmp_path):
+    result = invoke("eval", "--out", tmp_path / "e")
+    assert result.exit_code == 2 and "--policy is required" in result.stderr
