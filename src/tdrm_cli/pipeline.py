@@ -48,7 +48,9 @@ class Recipe:
     steps: list[Step]
 
 
-def load_recipe(path: str | Path, root: str | Path | None = None, seed: int | None = None) -> Recipe:
+def load_recipe(
+    path: str | Path, root: str | Path | None = None, seed: int | None = None
+) -> Recipe:
     """Parse and validate a recipe: known keys, known stages, unique names, valid @refs and configs."""
     from tdrm_cli.cli import STAGES
 
@@ -56,14 +58,21 @@ def load_recipe(path: str | Path, root: str | Path | None = None, seed: int | No
     data = config.load_yaml(path)
     unknown = set(data) - RECIPE_KEYS
     if unknown:
-        raise UsageError(f"{path}: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(RECIPE_KEYS))})")
+        raise UsageError(
+            f"{path}: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(RECIPE_KEYS))})"
+        )
     raw_steps = data.get("stages")
     if not isinstance(raw_steps, list) or not raw_steps:
         raise UsageError(f"{path}: 'stages' must be a non-empty list")
     steps: list[Step] = []
     for i, raw in enumerate(raw_steps):
         where = f"{path}: stages[{i}]"
-        if not isinstance(raw, dict) or set(raw) - STEP_KEYS or "name" not in raw or "stage" not in raw:
+        if (
+            not isinstance(raw, dict)
+            or set(raw) - STEP_KEYS
+            or "name" not in raw
+            or "stage" not in raw
+        ):
             raise UsageError(f"{where}: expected a mapping with name, stage and optional args")
         step = Step(str(raw["name"]), str(raw["stage"]), dict(raw.get("args") or {}))
         if step.stage not in STAGES:
@@ -77,8 +86,12 @@ def load_recipe(path: str | Path, root: str | Path | None = None, seed: int | No
             if ref not in {s.name for s in steps}:
                 raise UsageError(f"{where}: '@{ref}' does not name an earlier stage")
         steps.append(step)
-    recipe = Recipe(path, Path(root or data.get("root") or f"runs/{path.stem}"),
-                    int(seed if seed is not None else data.get("seed", 0)), steps)
+    recipe = Recipe(
+        path,
+        Path(root or data.get("root") or f"runs/{path.stem}"),
+        int(seed if seed is not None else data.get("seed", 0)),
+        steps,
+    )
     for step in steps:  # every stage config must build before anything runs
         build_step_config(recipe, step)
     return recipe
@@ -146,7 +159,17 @@ def summarize(recipe: Recipe, timings: dict[str, float]) -> dict[str, Any]:
         status = manifest.get("status", "new")
         seconds = timings.get(step.name)
         metric = key_metric(manifest.get("metrics") or {})
-        table.add_row(step.stage, str(out), status, "skipped" if seconds is None else f"{seconds:.1f}", metric)
-        rows.append({"name": step.name, "stage": step.stage, "status": status, "seconds": seconds, "metric": metric})
+        table.add_row(
+            step.stage, str(out), status, "skipped" if seconds is None else f"{seconds:.1f}", metric
+        )
+        rows.append(
+            {
+                "name": step.name,
+                "stage": step.stage,
+                "status": status,
+                "seconds": seconds,
+                "metric": metric,
+            }
+        )
     console.print(table)
     return {"recipe": str(recipe.path), "seed": recipe.seed, "stages": rows}

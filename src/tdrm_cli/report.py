@@ -31,7 +31,9 @@ def runs_table(root: Path) -> None:
     colors = {"complete": "green", "running": "yellow", "failed": "red"}
     for path, manifest in list_runs(root):
         inputs = manifest.get("inputs") or {}
-        parent = ", ".join(Path(v["path"]).name for v in inputs.values() if isinstance(v, dict) and v.get("path"))
+        parent = ", ".join(
+            Path(v["path"]).name for v in inputs.values() if isinstance(v, dict) and v.get("path")
+        )
         status = manifest.get("status", "?")
         table.add_row(
             str(path.relative_to(root)),
@@ -52,7 +54,11 @@ def env_table() -> None:
         table.add_row(name, str(version))
     table.add_row("python", platform.python_version())
     table.add_row("platform", platform.platform())
-    device = f"cuda ({torch.cuda.get_device_name(0)}) x{torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    device = (
+        f"cuda ({torch.cuda.get_device_name(0)}) x{torch.cuda.device_count()}"
+        if torch.cuda.is_available()
+        else "cpu"
+    )
     table.add_row("device", device)
     table.add_row("torch threads", str(torch.get_num_threads()))
     table.add_row("cpu count", str(os.cpu_count()))
@@ -90,12 +96,26 @@ def bon_section(run_dir: Path, out: Path) -> str:
     ns = results["ns"]
     names = list(dict.fromkeys(r["name"] for r in results["rows"]))
     acc = {(r["name"], r["n"]): r for r in results["rows"]}
-    rows = [[name, *[f"{acc[name, n]['accuracy']:.3f}" + (f" ± {acc[name, n]['std']:.3f}" if acc[name, n]["std"] else "")
-                     for n in ns]] for name in names]
-    text = (f"### Best-of-N: `{run_dir}`\n\n{results['problems']} problems, {results['candidates_per_problem']} "
-            f"candidates each, mean ± std over {results['subsets']} random subsets for N < max; seed "
-            f"{results['seed']}. PRMs: " + ", ".join(f"`{k}` = `{v}`" for k, v in results["prms"].items())
-            + "\n\n" + md_table(["curve", *[f"N={n}" for n in ns]], rows) + "\n")
+    rows = [
+        [
+            name,
+            *[
+                f"{acc[name, n]['accuracy']:.3f}"
+                + (f" ± {acc[name, n]['std']:.3f}" if acc[name, n]["std"] else "")
+                for n in ns
+            ],
+        ]
+        for name in names
+    ]
+    text = (
+        f"### Best-of-N: `{run_dir}`\n\n{results['problems']} problems, {results['candidates_per_problem']} "
+        f"candidates each, mean ± std over {results['subsets']} random subsets for N < max; seed "
+        f"{results['seed']}. PRMs: "
+        + ", ".join(f"`{k}` = `{v}`" for k, v in results["prms"].items())
+        + "\n\n"
+        + md_table(["curve", *[f"N={n}" for n in ns]], rows)
+        + "\n"
+    )
     for png in sorted(Path(run_dir).glob("*.png")):
         target = out / f"bon-{Path(run_dir).name}-{png.name}"
         shutil.copyfile(png, target)
@@ -107,9 +127,15 @@ def search_section(run_dir: Path, out: Path) -> str:
     import shutil
 
     results = _load(run_dir, "results.json")
-    rows = [[r["method"], r["prm"], r["accuracy"], r.get("oracle"), r["tokens_per_problem"]] for r in results["rows"]]
-    text = (f"### Step-level search: `{run_dir}`\n\n"
-            + md_table(["method", "PRM", "accuracy", "oracle", "generated tokens / problem"], rows) + "\n")
+    rows = [
+        [r["method"], r["prm"], r["accuracy"], r.get("oracle"), r["tokens_per_problem"]]
+        for r in results["rows"]
+    ]
+    text = (
+        f"### Step-level search: `{run_dir}`\n\n"
+        + md_table(["method", "PRM", "accuracy", "oracle", "generated tokens / problem"], rows)
+        + "\n"
+    )
     for png in sorted(Path(run_dir).glob("*.png")):
         target = out / f"search-{Path(run_dir).name}-{png.name}"
         shutil.copyfile(png, target)
@@ -119,8 +145,14 @@ def search_section(run_dir: Path, out: Path) -> str:
 
 def problems_to_reach(points: list[dict], target: float) -> int | None:
     """Training problems seen when held-out accuracy first reaches `target` (None: never)."""
-    return next((p["problems_seen"] for p in sorted(points, key=lambda p: p["problems_seen"])
-                 if p["accuracy"] >= target), None)
+    return next(
+        (
+            p["problems_seen"]
+            for p in sorted(points, key=lambda p: p["problems_seen"])
+            if p["accuracy"] >= target
+        ),
+        None,
+    )
 
 
 def rl_section(run_dirs: list[str], out: Path) -> str:
@@ -132,15 +164,31 @@ def rl_section(run_dirs: list[str], out: Path) -> str:
         points = _load(run_dir, "eval_curve.json")["points"]
         label = f"{Path(run_dir).name} ({manifest_metrics.get('reward', '?')})"
         curves[label] = points
-        rows.append([label, points[0]["accuracy"], points[-1]["accuracy"], points[-1]["problems_seen"], points])
+        rows.append(
+            [
+                label,
+                points[0]["accuracy"],
+                points[-1]["accuracy"],
+                points[-1]["problems_seen"],
+                points,
+            ]
+        )
     reference = next((r for r in rows if r[0].endswith("(rlvr)")), rows[0])
     target = reference[2]
-    table = [[label, start, end, seen, problems_to_reach(points, target)] for label, start, end, seen, points in rows]
+    table = [
+        [label, start, end, seen, problems_to_reach(points, target)]
+        for label, start, end, seen, points in rows
+    ]
     plot_eval_curves(curves, out / "rl_curves.png", "held-out pass@1 vs training problems seen")
-    return (f"### RL: accuracy vs problems seen\n\nTarget for the last column: the final accuracy of "
-            f"`{reference[0]}` ({target:.3f}).\n\n"
-            + md_table(["run", "pass@1 start", "pass@1 end", "problems seen", "problems to reach target"], table)
-            + "\n\n![RL accuracy vs problems seen](rl_curves.png)\n")
+    return (
+        f"### RL: accuracy vs problems seen\n\nTarget for the last column: the final accuracy of "
+        f"`{reference[0]}` ({target:.3f}).\n\n"
+        + md_table(
+            ["run", "pass@1 start", "pass@1 end", "problems seen", "problems to reach target"],
+            table,
+        )
+        + "\n\n![RL accuracy vs problems seen](rl_curves.png)\n"
+    )
 
 
 def plot_trajectories(trajectories: dict, path: Path, limit: int = 25) -> Path:
@@ -150,16 +198,27 @@ def plot_trajectories(trajectories: dict, path: Path, limit: int = 25) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(trajectories), figsize=(5.5 * len(trajectories), 4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(trajectories), figsize=(5.5 * len(trajectories), 4), squeeze=False, sharey=True
+    )
     for ax, (name, (values, correct)) in zip(axes[0], trajectories.items(), strict=True):
         for label, color, want in (("correct", "tab:green", 1), ("wrong", "tab:red", 0)):
             group = [v for v, c in zip(values, correct, strict=True) if c == want]
             for v in group[:limit]:
                 ax.plot(range(1, len(v) + 1), v, color=color, alpha=0.15, linewidth=0.8)
             depth = max((len(v) for v in group), default=0)
-            means = [sum(v[t] for v in group if len(v) > t) / max(sum(len(v) > t for v in group), 1) for t in range(depth)]
+            means = [
+                sum(v[t] for v in group if len(v) > t) / max(sum(len(v) > t for v in group), 1)
+                for t in range(depth)
+            ]
             if means:
-                ax.plot(range(1, depth + 1), means, color=color, linewidth=2.5, label=f"{label} solutions (mean)")
+                ax.plot(
+                    range(1, depth + 1),
+                    means,
+                    color=color,
+                    linewidth=2.5,
+                    label=f"{label} solutions (mean)",
+                )
         ax.set(title=f"PRM {name}", xlabel="step t", ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -175,22 +234,55 @@ def write_report(out: Path, results: dict, trajectories: dict, cfg) -> Path:
     """report.md: policy, PRM quality, then every bon / search / rl run given; printed to the terminal too."""
     from rich.markdown import Markdown
 
-    parts = [f"# tdrm report\n\nTask `{results['task']}`, split `{results['split']}`, seed {results['seed']}."]
+    parts = [
+        f"# tdrm report\n\nTask `{results['task']}`, split `{results['split']}`, seed {results['seed']}."
+    ]
     if results.get("policy"):
         p = results["policy"]
-        parts.append(f"## Policy `{cfg.policy}`\n\n{p['problems']} problems.\n\n"
-                     + md_table(["greedy pass@1", f"maj@{p['k']}", f"pass@{p['k']}", "sample accuracy"],
-                                [[p["pass@1"], p[f"maj@{p['k']}"], p[f"pass@{p['k']}"], p["sample_accuracy"]]]))
-    keys = ["step_auroc", "outcome_auroc", "first_error_f1", "first_error_error_acc", "first_error_correct_acc",
-            "ece_last_step", "smoothness", "smoothness_per_token"]
-    for section, title in (("prm", "PRM step quality on the policy's samples"), ("steps_file", f"PRM step quality on `{cfg.steps_file}`")):
+        parts.append(
+            f"## Policy `{cfg.policy}`\n\n{p['problems']} problems.\n\n"
+            + md_table(
+                ["greedy pass@1", f"maj@{p['k']}", f"pass@{p['k']}", "sample accuracy"],
+                [[p["pass@1"], p[f"maj@{p['k']}"], p[f"pass@{p['k']}"], p["sample_accuracy"]]],
+            )
+        )
+    keys = [
+        "step_auroc",
+        "outcome_auroc",
+        "first_error_f1",
+        "first_error_error_acc",
+        "first_error_correct_acc",
+        "ece_last_step",
+        "smoothness",
+        "smoothness_per_token",
+    ]
+    for section, title in (
+        ("prm", "PRM step quality on the policy's samples"),
+        ("steps_file", f"PRM step quality on `{cfg.steps_file}`"),
+    ):
         if results.get(section):
-            rows = [[name, *[values.get(k) for k in keys]] for name, values in results[section].items()]
-            parts.append(f"## {title}\n\nStep AUROC against exact step truth; first-error identification "
-                         "(ProcessBench F1, threshold chosen on a held-out part); ECE of the last-step value; "
-                         "smoothness = mean |V(t+1) - V(t)| per step and per token (lower is smoother).\n\n"
-                         + md_table(["PRM", "step AUROC", "outcome AUROC", "first-error F1", "acc (erroneous)",
-                                     "acc (correct)", "ECE", "smoothness", "smoothness/token"], rows))
+            rows = [
+                [name, *[values.get(k) for k in keys]] for name, values in results[section].items()
+            ]
+            parts.append(
+                f"## {title}\n\nStep AUROC against exact step truth; first-error identification "
+                "(ProcessBench F1, threshold chosen on a held-out part); ECE of the last-step value; "
+                "smoothness = mean |V(t+1) - V(t)| per step and per token (lower is smoother).\n\n"
+                + md_table(
+                    [
+                        "PRM",
+                        "step AUROC",
+                        "outcome AUROC",
+                        "first-error F1",
+                        "acc (erroneous)",
+                        "acc (correct)",
+                        "ECE",
+                        "smoothness",
+                        "smoothness/token",
+                    ],
+                    rows,
+                )
+            )
     if trajectories:
         plot_trajectories(trajectories, out / "value_trajectories.png")
         parts.append("![value trajectories](value_trajectories.png)")

@@ -31,7 +31,7 @@ CONFIG = "config.yaml"
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -86,7 +86,9 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def require_complete(path: str | Path, role: str, stage: str | tuple[str, ...] | None = None) -> dict:
+def require_complete(
+    path: str | Path, role: str, stage: str | tuple[str, ...] | None = None
+) -> dict:
     """The manifest of a complete input run, or a one-line UsageError."""
     path = Path(path)
     if not path.exists():
@@ -144,7 +146,9 @@ class Run:
 
     def fail(self, error: BaseException) -> None:
         message = str(error).splitlines()[0] if str(error) else ""
-        self.manifest.update(status="failed", finished=now(), error=f"{type(error).__name__}: {message}")
+        self.manifest.update(
+            status="failed", finished=now(), error=f"{type(error).__name__}: {message}"
+        )
         self.save_manifest()
 
 
@@ -169,7 +173,9 @@ def prepare_run(stage: str, cfg: Any) -> Run:
             atomic_write_text(out / CONFIG, dump_yaml(cfg))
             return run
         elif old["status"] == "complete":
-            raise UsageError(f"--out {out}: already holds a complete run (pass --overwrite to replace it)")
+            raise UsageError(
+                f"--out {out}: already holds a complete run (pass --overwrite to replace it)"
+            )
         else:
             raise UsageError(
                 f"--out {out}: holds a '{old['status']}' run (pass --resume to continue it "
@@ -235,7 +241,9 @@ def list_runs(root: Path) -> list[tuple[Path, dict[str, Any]]]:
 MODEL_STAGES = ("sft", "rl", "train-prm")
 
 
-def resolve_model(path: str | Path, role: str, stages: tuple[str, ...] = MODEL_STAGES) -> tuple[str, dict | None]:
+def resolve_model(
+    path: str | Path, role: str, stages: tuple[str, ...] = MODEL_STAGES
+) -> tuple[str, dict | None]:
     """A model reference -> (loadable path or hub id, the run manifest when it was a run folder).
 
     Accepts a complete run folder of one of `stages` (its `model/`), a local HF model
@@ -250,7 +258,9 @@ def resolve_model(path: str | Path, role: str, stages: tuple[str, ...] = MODEL_S
         return str(model_dir), manifest
     if p.is_dir():
         if not (p / "config.json").is_file():
-            raise UsageError(f"--{role} {p}: not a model folder (no config.json) and not a tdrm run")
+            raise UsageError(
+                f"--{role} {p}: not a model folder (no config.json) and not a tdrm run"
+            )
         return str(p), None
     if p.exists():
         raise UsageError(f"--{role} {p}: is a file, expected a model folder or a run folder")

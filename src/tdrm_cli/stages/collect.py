@@ -49,25 +49,55 @@ from tdrm_cli.steps import (
 )
 from tdrm_cli.tasks import Problem, Task, load_task
 
-COLUMNS = ("problem_id", "prompt", "gold", "steps", "answer", "correct",
-           "step_labels", "step_truth", "policy", "sample_idx")
+COLUMNS = (
+    "problem_id",
+    "prompt",
+    "gold",
+    "steps",
+    "answer",
+    "correct",
+    "step_labels",
+    "step_truth",
+    "policy",
+    "sample_idx",
+)
 ROLLOUTS = "rollouts.parquet"
 SHARDS = "shards"
 PLAN = "plan.json"
 # Settings that change what a shard contains; a resumed run must match them exactly.
-PLAN_KEYS = ("task", "split", "problems", "n", "mc_rollouts", "temperature", "top_p",
-             "max_new_tokens", "batch_size", "backend", "shard_size", "seed")
+PLAN_KEYS = (
+    "task",
+    "split",
+    "problems",
+    "n",
+    "mc_rollouts",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "batch_size",
+    "backend",
+    "shard_size",
+    "seed",
+)
 
 
 def rollout_schema():
     import pyarrow as pa
 
-    return pa.schema([
-        ("problem_id", pa.string()), ("prompt", pa.string()), ("gold", pa.string()),
-        ("steps", pa.list_(pa.string())), ("answer", pa.string()), ("correct", pa.int64()),
-        ("step_labels", pa.list_(pa.float64())), ("step_truth", pa.list_(pa.int64())),
-        ("policy", pa.string()), ("sample_idx", pa.int64()),
-    ])
+    return pa.schema(
+        [
+            ("problem_id", pa.string()),
+            ("prompt", pa.string()),
+            ("gold", pa.string()),
+            ("steps", pa.list_(pa.string())),
+            ("answer", pa.string()),
+            ("correct", pa.int64()),
+            ("step_labels", pa.list_(pa.float64())),
+            ("step_truth", pa.list_(pa.int64())),
+            ("policy", pa.string()),
+            ("sample_idx", pa.int64()),
+        ]
+    )
 
 
 def read_rollouts(path: str | Path):
@@ -93,12 +123,22 @@ class Policy:
 
 def load_policy(cfg: CollectConfig, model_path: str) -> Policy:
     try:
-        backend = load_backend(cfg.backend, model_path, batch_size=cfg.batch_size, trust_remote_code=cfg.trust_remote_code)
+        backend = load_backend(
+            cfg.backend,
+            model_path,
+            batch_size=cfg.batch_size,
+            trust_remote_code=cfg.trust_remote_code,
+        )
     except (OSError, ValueError) as e:  # e.g. a hub id without network, or broken weights
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"--policy {cfg.policy}: could not load the model ({first})") from None
     meta = read_policy_meta(model_path)
-    return Policy(backend, meta, meta.get("separator", DEFAULT_SEPARATOR), prompt_format(backend.tokenizer, meta))
+    return Policy(
+        backend,
+        meta,
+        meta.get("separator", DEFAULT_SEPARATOR),
+        prompt_format(backend.tokenizer, meta),
+    )
 
 
 def shard_seed(seed: int, shard: int, phase: str) -> int:
@@ -118,7 +158,10 @@ class RateColumn(ProgressColumn):
         if elapsed <= 0:
             return Text("")
         tokens = task.fields.get("tokens", 0)
-        return Text(f"{task.completed / elapsed:.2f} problems/s  {tokens / elapsed:,.0f} tokens/s", style="cyan")
+        return Text(
+            f"{task.completed / elapsed:.2f} problems/s  {tokens / elapsed:,.0f} tokens/s",
+            style="cyan",
+        )
 
 
 class Meter:
@@ -143,45 +186,93 @@ class Meter:
 # ---------------------------------------------------------------- one shard
 
 
-def solution_row(problem: Problem, sample_idx: int, text: str, task: Task, policy: Policy, cfg: CollectConfig) -> dict:
+def solution_row(
+    problem: Problem, sample_idx: int, text: str, task: Task, policy: Policy, cfg: CollectConfig
+) -> dict:
     steps = split_steps(text, policy.separator)
     answer = task.extract_answer(steps)
     return {
-        "problem_id": problem.id, "prompt": problem.question, "gold": problem.gold, "steps": steps,
-        "answer": answer, "correct": int(task.is_correct(problem, answer)), "step_labels": None,
-        "step_truth": task.step_truth(problem, steps), "policy": cfg.policy, "sample_idx": sample_idx,
+        "problem_id": problem.id,
+        "prompt": problem.question,
+        "gold": problem.gold,
+        "steps": steps,
+        "answer": answer,
+        "correct": int(task.is_correct(problem, answer)),
+        "step_labels": None,
+        "step_truth": task.step_truth(problem, steps),
+        "policy": cfg.policy,
+        "sample_idx": sample_idx,
     }
 
 
-def add_mc_labels(rows: list[dict], problems: dict[str, Problem], prompts: dict[str, str], policy: Policy,
-                  task: Task, cfg: CollectConfig, seed: int, meter: Meter, shard_problems: int) -> None:
+def add_mc_labels(
+    rows: list[dict],
+    problems: dict[str, Problem],
+    prompts: dict[str, str],
+    policy: Policy,
+    task: Task,
+    cfg: CollectConfig,
+    seed: int,
+    meter: Meter,
+    shard_problems: int,
+) -> None:
     """Label step t < T by the share of K continuations of steps[:t] that reach the gold answer."""
     sep, k = policy.separator, cfg.mc_rollouts
     jobs = [(r, t) for r, row in enumerate(rows) for t in range(1, len(row["steps"]))]
-    texts = [prompts[rows[r]["problem_id"]] + join_steps(rows[r]["steps"][:t], sep) + sep for r, t in jobs]
+    texts = [
+        prompts[rows[r]["problem_id"]] + join_steps(rows[r]["steps"][:t], sep) + sep
+        for r, t in jobs
+    ]
     # Similar lengths side by side waste less left padding; a stable sort keeps it deterministic.
     order = sorted(range(len(jobs)), key=lambda i: len(texts[i]))
     meter.phase("mc labels", shard_problems / 2, len(jobs) * k)
-    sampling = Sampling(n=k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=seed)
-    continuations = policy.backend.generate([texts[i] for i in order], sampling, on_batch=meter.on_batch)
+    sampling = Sampling(
+        n=k,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=seed,
+    )
+    continuations = policy.backend.generate(
+        [texts[i] for i in order], sampling, on_batch=meter.on_batch
+    )
     label: dict[tuple[int, int], float] = {}
     for i, completions in zip(order, continuations, strict=True):
         r, t = jobs[i]
         problem, prefix = problems[rows[r]["problem_id"]], rows[r]["steps"][:t]
-        wins = sum(task.is_correct(problem, task.extract_answer(prefix + split_steps(c.text, sep))) for c in completions)
+        wins = sum(
+            task.is_correct(problem, task.extract_answer(prefix + split_steps(c.text, sep)))
+            for c in completions
+        )
         label[r, t] = wins / k
     for r, row in enumerate(rows):
         steps = len(row["steps"])
-        row["step_labels"] = [label[r, t] for t in range(1, steps)] + ([float(row["correct"])] if steps else [])
+        row["step_labels"] = [label[r, t] for t in range(1, steps)] + (
+            [float(row["correct"])] if steps else []
+        )
 
 
-def collect_shard(index: int, problems: list[Problem], policy: Policy, task: Task, cfg: CollectConfig, meter: Meter) -> list[dict]:
+def collect_shard(
+    index: int,
+    problems: list[Problem],
+    policy: Policy,
+    task: Task,
+    cfg: CollectConfig,
+    meter: Meter,
+) -> list[dict]:
     prompts = {p.id: policy.prompt(p.question) for p in problems}
     worth = len(problems) / 2 if cfg.mc_rollouts else len(problems)
     meter.phase("sampling", worth, len(problems) * cfg.n)
-    sampling = Sampling(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
-                        max_new_tokens=cfg.max_new_tokens, seed=shard_seed(cfg.seed, index, "samples"))
-    completions = policy.backend.generate([prompts[p.id] for p in problems], sampling, on_batch=meter.on_batch)
+    sampling = Sampling(
+        n=cfg.n,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=shard_seed(cfg.seed, index, "samples"),
+    )
+    completions = policy.backend.generate(
+        [prompts[p.id] for p in problems], sampling, on_batch=meter.on_batch
+    )
     rows = [
         solution_row(problem, sample_idx, completion.text, task, policy, cfg)
         for problem, samples in zip(problems, completions, strict=True)
@@ -189,7 +280,17 @@ def collect_shard(index: int, problems: list[Problem], policy: Policy, task: Tas
     ]
     if cfg.mc_rollouts:
         seed = shard_seed(cfg.seed, index, "mc")
-        add_mc_labels(rows, {p.id: p for p in problems}, prompts, policy, task, cfg, seed, meter, len(problems))
+        add_mc_labels(
+            rows,
+            {p.id: p for p in problems},
+            prompts,
+            policy,
+            task,
+            cfg,
+            seed,
+            meter,
+            len(problems),
+        )
     return rows
 
 
@@ -230,7 +331,9 @@ def check_plan(shard_dir: Path, cfg: CollectConfig) -> None:
         atomic_write_json(path, plan)
 
 
-def collect_all(cfg: CollectConfig, problems: list[Problem], policy: Policy, task: Task, shard_dir: Path) -> tuple[int, float]:
+def collect_all(
+    cfg: CollectConfig, problems: list[Problem], policy: Policy, task: Task, shard_dir: Path
+) -> tuple[int, float]:
     """Write every missing shard; returns (generated tokens, seconds) of this invocation."""
     shards = [problems[i : i + cfg.shard_size] for i in range(0, len(problems), cfg.shard_size)]
     todo = [i for i in range(len(shards)) if not shard_path(shard_dir, i).is_file()]
@@ -238,10 +341,14 @@ def collect_all(cfg: CollectConfig, problems: list[Problem], policy: Policy, tas
         log(f"resuming: {len(shards) - len(todo)} of {len(shards)} shards already written")
     start = time.perf_counter()
     with progress(RateColumn()) as bar:
-        meter = Meter(bar, bar.add_task("sampling", total=sum(len(shards[i]) for i in todo), tokens=0))
+        meter = Meter(
+            bar, bar.add_task("sampling", total=sum(len(shards[i]) for i in todo), tokens=0)
+        )
         done = 0
         for i in todo:
-            write_shard(shard_path(shard_dir, i), collect_shard(i, shards[i], policy, task, cfg, meter))
+            write_shard(
+                shard_path(shard_dir, i), collect_shard(i, shards[i], policy, task, cfg, meter)
+            )
             done += len(shards[i])
             meter.shard_done(done)
     return meter.tokens, time.perf_counter() - start
@@ -284,11 +391,19 @@ def summarize(rows: list[dict], tokens: int, seconds: float, policy: Policy) -> 
         "prompt_format": policy.prompt_format,
         "separator": policy.separator,
     }
-    pairs = [(label, truth) for row in rows if row["step_labels"] is not None and row["step_truth"] is not None
-             for label, truth in zip(row["step_labels"], row["step_truth"], strict=False)]
+    pairs = [
+        (label, truth)
+        for row in rows
+        if row["step_labels"] is not None and row["step_truth"] is not None
+        for label, truth in zip(row["step_labels"], row["step_truth"], strict=False)
+    ]
     if pairs:
-        metrics["mc_label_mean_correct_steps"] = _mean([label for label, truth in pairs if truth == 1])
-        metrics["mc_label_mean_wrong_steps"] = _mean([label for label, truth in pairs if truth == 0])
+        metrics["mc_label_mean_correct_steps"] = _mean(
+            [label for label, truth in pairs if truth == 1]
+        )
+        metrics["mc_label_mean_wrong_steps"] = _mean(
+            [label for label, truth in pairs if truth == 0]
+        )
     return metrics
 
 
@@ -296,10 +411,22 @@ def print_summary(metrics: dict[str, Any]) -> None:
     table = Table(title="collect summary")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("problems", "samples", "pass@1", "pass@n", "wrong_step_frac", "no_answer_frac", "mean_steps",
-                "tokens_per_s", "mc_label_mean_correct_steps", "mc_label_mean_wrong_steps"):
+    for key in (
+        "problems",
+        "samples",
+        "pass@1",
+        "pass@n",
+        "wrong_step_frac",
+        "no_answer_frac",
+        "mean_steps",
+        "tokens_per_s",
+        "mc_label_mean_correct_steps",
+        "mc_label_mean_wrong_steps",
+    ):
         if metrics.get(key) is not None:
-            table.add_row(key, f"{metrics[key]:,}" if isinstance(metrics[key], int) else f"{metrics[key]:.4g}")
+            table.add_row(
+                key, f"{metrics[key]:,}" if isinstance(metrics[key], int) else f"{metrics[key]:.4g}"
+            )
     console.print(table)
 
 
@@ -314,7 +441,9 @@ def run(cfg: CollectConfig) -> Path:
         shard_dir = run.path / SHARDS
         check_plan(shard_dir, cfg)
         policy = load_policy(cfg, model_path)
-        log(f"policy {cfg.policy}: prompt format '{policy.prompt_format}', separator {policy.separator!r}, backend {cfg.backend}")
+        log(
+            f"policy {cfg.policy}: prompt format '{policy.prompt_format}', separator {policy.separator!r}, backend {cfg.backend}"
+        )
         tokens, seconds = collect_all(cfg, problems, policy, task, shard_dir)
         rows = merge_shards(shard_dir, run.path / ROLLOUTS)
         metrics = summarize(rows, tokens, seconds, policy)

@@ -36,30 +36,54 @@ def sample_policy(cfg: EvalConfig, model_path: str) -> tuple[list[dict[str, Any]
 
     task = load_task(cfg.task)
     problems = task.problems(cfg.split, cfg.problems)
-    backend = load_backend("hf", model_path, batch_size=cfg.batch_size, trust_remote_code=cfg.trust_remote_code)
+    backend = load_backend(
+        "hf", model_path, batch_size=cfg.batch_size, trust_remote_code=cfg.trust_remote_code
+    )
     meta = read_policy_meta(model_path)
     separator = meta.get("separator", DEFAULT_SEPARATOR)
     prompts = [build_prompt(backend.tokenizer, p.question, meta) for p in problems]
     log(f"eval: greedy + {cfg.k} samples on {len(problems)} {cfg.split} problems")
-    greedy = backend.generate(prompts, Sampling(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens))
-    sampled = backend.generate(prompts, Sampling(n=cfg.k, temperature=cfg.temperature,
-                                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed))
+    greedy = backend.generate(
+        prompts, Sampling(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
+    )
+    sampled = backend.generate(
+        prompts,
+        Sampling(
+            n=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed
+        ),
+    )
     rows, greedy_hits, maj_hits, any_hits = [], 0, 0, 0
     for p_index, (problem, g, samples) in enumerate(zip(problems, greedy, sampled, strict=True)):
-        greedy_hits += task.is_correct(problem, task.extract_answer(split_steps(g[0].text, separator)))
+        greedy_hits += task.is_correct(
+            problem, task.extract_answer(split_steps(g[0].text, separator))
+        )
         group = []
         for completion in samples:
             steps = split_steps(completion.text, separator)
             answer = task.extract_answer(steps)
-            group.append({"p_index": p_index, "question": problem.question, "steps": steps, "answer": answer,
-                          "correct": int(task.is_correct(problem, answer)), "truth": task.step_truth(problem, steps)})
+            group.append(
+                {
+                    "p_index": p_index,
+                    "question": problem.question,
+                    "steps": steps,
+                    "answer": answer,
+                    "correct": int(task.is_correct(problem, answer)),
+                    "truth": task.step_truth(problem, steps),
+                }
+            )
         choice = majority([r["answer"] for r in group])
         maj_hits += int(choice is not None and group[choice]["correct"] == 1)
         any_hits += int(any(r["correct"] for r in group))
         rows.extend(group)
     n = len(problems)
-    policy = {"problems": n, "k": cfg.k, "pass@1": greedy_hits / n, f"maj@{cfg.k}": maj_hits / n,
-              f"pass@{cfg.k}": any_hits / n, "sample_accuracy": M.mean([r["correct"] for r in rows])}
+    policy = {
+        "problems": n,
+        "k": cfg.k,
+        "pass@1": greedy_hits / n,
+        f"maj@{cfg.k}": maj_hits / n,
+        f"pass@{cfg.k}": any_hits / n,
+        "sample_accuracy": M.mean([r["correct"] for r in rows]),
+    }
     return rows, policy
 
 
@@ -70,14 +94,25 @@ def first_wrong(truth: list[int]) -> int:
     return next((i for i, t in enumerate(truth) if t == 0), -1)
 
 
-def prm_quality(prm: Any, rows: list[dict[str, Any]], fraction: float, batch_size: int) -> tuple[dict, list[list[float]]]:
+def prm_quality(
+    prm: Any, rows: list[dict[str, Any]], fraction: float, batch_size: int
+) -> tuple[dict, list[list[float]]]:
     """Step metrics of one PRM on rows with `question`, `steps`, `truth` (and `correct` when known)."""
     rows = [r for r in rows if r["steps"]]
-    values = prm.score([r["question"] for r in rows], [r["steps"] for r in rows], batch_size=batch_size)
+    values = prm.score(
+        [r["question"] for r in rows], [r["steps"] for r in rows], batch_size=batch_size
+    )
     tokens = [prm.encode(r["question"], r["steps"]).step_tokens for r in rows]
-    pairs = [(v, t) for r, vs in zip(rows, values, strict=True) if r["truth"] is not None
-             for v, t in zip(vs, r["truth"], strict=False)]
-    out: dict[str, Any] = {"solutions": len(rows), "step_auroc": M.auroc([v for v, _ in pairs], [t for _, t in pairs])}
+    pairs = [
+        (v, t)
+        for r, vs in zip(rows, values, strict=True)
+        if r["truth"] is not None
+        for v, t in zip(vs, r["truth"], strict=False)
+    ]
+    out: dict[str, Any] = {
+        "solutions": len(rows),
+        "step_auroc": M.auroc([v for v, _ in pairs], [t for _, t in pairs]),
+    }
     if all(r["truth"] is not None for r in rows) and rows:
         # Threshold on the first problems, scores on the rest: no peeking at the reported part.
         cut = max(r["p_index"] for r in rows) * fraction
@@ -85,8 +120,12 @@ def prm_quality(prm: Any, rows: list[dict[str, Any]], fraction: float, batch_siz
         rest = [i for i, r in enumerate(rows) if r["p_index"] > cut] or fit
         gold = [first_wrong(r["truth"]) for r in rows]
         threshold = M.best_threshold([values[i] for i in fit], [gold[i] for i in fit])
-        bench = M.processbench([M.first_error(values[i], threshold) for i in rest], [gold[i] for i in rest])
-        out.update(first_error_threshold=threshold, **{f"first_error_{k}": v for k, v in bench.items()})
+        bench = M.processbench(
+            [M.first_error(values[i], threshold) for i in rest], [gold[i] for i in rest]
+        )
+        out.update(
+            first_error_threshold=threshold, **{f"first_error_{k}": v for k, v in bench.items()}
+        )
     if all("correct" in r for r in rows):
         out["ece_last_step"] = M.ece([v[-1] for v in values], [r["correct"] for r in rows])
         out["outcome_auroc"] = M.auroc([v[-1] for v in values], [r["correct"] for r in rows])
@@ -119,28 +158,51 @@ def read_steps_file(path: str) -> list[dict[str, Any]]:
                 raise UsageError(f"{path} line {line_no}: field '{field}' must be {kind.__name__}")
         steps, label = item["steps"], item["label"]
         if not steps or not all(isinstance(s, str) for s in steps):
-            raise UsageError(f"{path} line {line_no}: field 'steps' must be a non-empty list of strings")
+            raise UsageError(
+                f"{path} line {line_no}: field 'steps' must be a non-empty list of strings"
+            )
         if not -1 <= label < len(steps):
-            raise UsageError(f"{path} line {line_no}: field 'label' {label} is outside -1..{len(steps) - 1}")
+            raise UsageError(
+                f"{path} line {line_no}: field 'label' {label} is outside -1..{len(steps) - 1}"
+            )
         # Steps after the first error have no label in ProcessBench: leave them out of the AUROC.
         truth = [1] * len(steps) if label < 0 else [1] * label + [0]
-        rows.append({"p_index": len(rows), "question": item["problem"], "steps": steps, "truth_full": truth})
+        rows.append(
+            {"p_index": len(rows), "question": item["problem"], "steps": steps, "truth_full": truth}
+        )
     if not rows:
         raise UsageError(f"--steps-file {path}: no rows")
     return rows
 
 
-def steps_file_quality(prm: Any, rows: list[dict[str, Any]], fraction: float, batch_size: int) -> dict[str, Any]:
-    values = prm.score([r["question"] for r in rows], [r["steps"] for r in rows], batch_size=batch_size)
-    pairs = [(v, t) for vs, r in zip(values, rows, strict=True) for v, t in zip(vs, r["truth_full"], strict=False)]
+def steps_file_quality(
+    prm: Any, rows: list[dict[str, Any]], fraction: float, batch_size: int
+) -> dict[str, Any]:
+    values = prm.score(
+        [r["question"] for r in rows], [r["steps"] for r in rows], batch_size=batch_size
+    )
+    pairs = [
+        (v, t)
+        for vs, r in zip(values, rows, strict=True)
+        for v, t in zip(vs, r["truth_full"], strict=False)
+    ]
     gold = [first_wrong(r["truth_full"]) for r in rows]
     cut = int(len(rows) * fraction)
-    fit, rest = list(range(cut)) or list(range(len(rows))), list(range(cut, len(rows))) or list(range(len(rows)))
+    fit, rest = (
+        list(range(cut)) or list(range(len(rows))),
+        list(range(cut, len(rows))) or list(range(len(rows))),
+    )
     threshold = M.best_threshold([values[i] for i in fit], [gold[i] for i in fit])
-    bench = M.processbench([M.first_error(values[i], threshold) for i in rest], [gold[i] for i in rest])
-    return {"solutions": len(rows), "step_auroc": M.auroc([v for v, _ in pairs], [t for _, t in pairs]),
-            "first_error_threshold": threshold, **{f"first_error_{k}": v for k, v in bench.items()},
-            "smoothness": M.smoothness(values)}
+    bench = M.processbench(
+        [M.first_error(values[i], threshold) for i in rest], [gold[i] for i in rest]
+    )
+    return {
+        "solutions": len(rows),
+        "step_auroc": M.auroc([v for v, _ in pairs], [t for _, t in pairs]),
+        "first_error_threshold": threshold,
+        **{f"first_error_{k}": v for k, v in bench.items()},
+        "smoothness": M.smoothness(values),
+    }
 
 
 # ---------------------------------------------------------------- the run
@@ -150,7 +212,11 @@ def check_inputs(cfg: EvalConfig) -> str | None:
     """Every input is checked before the run folder exists; returns the policy model path."""
     load_task(cfg.task)
     model_path = resolve_model(cfg.policy, "policy", ("sft", "rl"))[0] if cfg.policy else None
-    for role, paths, stage in (("bon", cfg.bon, "bon"), ("search", cfg.search, "search"), ("rl", cfg.rl, "rl")):
+    for role, paths, stage in (
+        ("bon", cfg.bon, "bon"),
+        ("search", cfg.search, "search"),
+        ("rl", cfg.rl, "rl"),
+    ):
         for path in paths:
             require_complete(path, role, stage)
     return model_path
@@ -162,10 +228,18 @@ def run(cfg: EvalConfig) -> Path:
 
     model_path = check_inputs(cfg)
     file_rows = read_steps_file(cfg.steps_file) if cfg.steps_file else None
-    prms = {Path(p).name or p: load_prm(p, "prm", trust_remote_code=cfg.trust_remote_code) for p in cfg.prm}
+    prms = {
+        Path(p).name or p: load_prm(p, "prm", trust_remote_code=cfg.trust_remote_code)
+        for p in cfg.prm
+    }
     with run_stage("eval", cfg) as run:
-        for role, paths in (("policy", [cfg.policy] if cfg.policy else []), ("prm", cfg.prm), ("bon", cfg.bon),
-                            ("search", cfg.search), ("rl", cfg.rl)):
+        for role, paths in (
+            ("policy", [cfg.policy] if cfg.policy else []),
+            ("prm", cfg.prm),
+            ("bon", cfg.bon),
+            ("search", cfg.search),
+            ("rl", cfg.rl),
+        ):
             for i, path in enumerate(paths):
                 run.add_input(role if len(paths) == 1 else f"{role}{i}", path)
         results: dict[str, Any] = {"task": cfg.task, "split": cfg.split, "seed": cfg.seed}
@@ -174,11 +248,15 @@ def run(cfg: EvalConfig) -> Path:
             rows, results["policy"] = sample_policy(cfg, model_path)
             results["prm"] = {}
             for name, prm in prms.items():
-                results["prm"][name], values = prm_quality(prm, rows, cfg.threshold_fraction, cfg.batch_size)
+                results["prm"][name], values = prm_quality(
+                    prm, rows, cfg.threshold_fraction, cfg.batch_size
+                )
                 trajectories[name] = (values, [r["correct"] for r in rows if r["steps"]])
         if file_rows:
-            results["steps_file"] = {name: steps_file_quality(prm, file_rows, cfg.threshold_fraction, cfg.batch_size)
-                                     for name, prm in prms.items()}
+            results["steps_file"] = {
+                name: steps_file_quality(prm, file_rows, cfg.threshold_fraction, cfg.batch_size)
+                for name, prm in prms.items()
+            }
         atomic_write_json(run.path / RESULTS, results)
         write_report(run.path, results, trajectories, cfg)
         run.complete(flat_metrics(results))

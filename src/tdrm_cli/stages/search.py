@@ -116,10 +116,8 @@ class KVScorer:
         """The prefix's PRM tokens: its parent's plus the new step's piece (piecewise tokenization)."""
         if prefix.state is None:
             return self.prm.encode(prefix.question, prefix.steps).ids
-        piece = encode_pieces(self.prm.tokenizer, "", prefix.steps[-1:], self.prm.separator)[0][
-            self._no_steps :
-        ]
-        return prefix.state.ids + piece
+        ids, _ = encode_pieces(self.prm.tokenizer, "", prefix.steps[-1:], self.prm.separator)
+        return prefix.state.ids + ids[self._no_steps :]
 
     def score_last(self, prefixes: Sequence[Prefix]) -> list[tuple[float, Any]]:
         import torch
@@ -215,23 +213,17 @@ class HFStepPolicy:
         if self.cache and prefix.state is not None:
             return prefix.state
         text = self.text(prefix.question, prefix.steps)
-        bos = self.tokenizer.bos_token
-        return Cached(
-            list(
-                self.tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))[
-                    "input_ids"
-                ]
-            )
-        )
+        bos = self.tokenizer.bos_token  # chat templates write their own BOS
+        encoded = self.tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))
+        return Cached(list(encoded["input_ids"]))
 
     def next_steps(self, prefixes: Sequence[Prefix], n: int, seed: int) -> list[list[Step]]:
         import torch
 
         rows = [self._row(p) for p in prefixes]
         flat = [i for i in range(len(rows)) for _ in range(n)]
-        order = sorted(
-            range(len(flat)), key=lambda j: len(rows[flat[j]].ids)
-        )  # similar lengths share a batch
+        # Similar lengths share a batch: less padding.
+        order = sorted(range(len(flat)), key=lambda j: len(rows[flat[j]].ids))
         out: list[Step | None] = [None] * len(flat)
         sampling = (
             dict(do_sample=False)
@@ -559,20 +551,14 @@ def write_scores(path: Path, rows: list[dict]) -> None:
 
 def print_table(results: list[dict], seconds: dict[str, float], problems: int, vote: str) -> None:
     table = Table(
-        title=f"step-level search, {problems} problems (accuracy = {vote} vote over finished solutions)"
+        title=f"step-level search, {problems} problems",
+        caption=f"acc: {vote} vote over the finished solutions; naive / weighted: those votes; "
+        "oracle: any finished solution right; tokens: generated per problem; sols: finished per problem",
     )
-    for column in (
-        "method",
-        "prm",
-        "accuracy",
-        "naive",
-        "weighted",
-        "oracle",
-        "tokens/prob",
-        "sols/prob",
-        "s",
-    ):
-        table.add_column(column, justify="left" if column in ("method", "prm") else "right")
+    for column in ("method", "prm", "acc", "naive", "weighted", "oracle", "tokens", "sols", "s"):
+        table.add_column(
+            column, justify="left" if column in ("method", "prm") else "right", no_wrap=True
+        )
     for r in results:
         table.add_row(
             r["method"],
@@ -583,7 +569,7 @@ def print_table(results: list[dict], seconds: dict[str, float], problems: int, v
             f"{r['oracle']:.3f}",
             f"{r['tokens_per_problem']:,.0f}",
             f"{r['finished_per_problem']:.1f}",
-            f"{seconds[r['method'] + '/' + r['prm']]:.1f}",
+            f"{seconds[r['method'] + '/' + r['prm']]:.0f}",
         )
     console.print(table)
 

@@ -36,7 +36,11 @@ def build_char_tokenizer():
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
     )
 
 
@@ -66,7 +70,9 @@ class SFTDataset:
         self.rows = []
         for p in problems:
             prompt = tokenizer(PROMPT_TEMPLATE.format(question=p.question))["input_ids"]
-            answer = tokenizer(join_steps(task.reference_steps(p)), add_special_tokens=False)["input_ids"]
+            answer = tokenizer(join_steps(task.reference_steps(p)), add_special_tokens=False)[
+                "input_ids"
+            ]
             answer = [*answer, tokenizer.eos_token_id]
             self.rows.append((prompt + answer, [-100] * len(prompt) + answer))
 
@@ -104,7 +110,9 @@ def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
     tokenizer = build_char_tokenizer()
     model = build_model(cfg, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"policy: Qwen2 {cfg.layers}x{cfg.hidden_size}, {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
+    log(
+        f"policy: Qwen2 {cfg.layers}x{cfg.hidden_size}, {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}"
+    )
     dataset = SFTDataset(task, task.problems("train", cfg.train_problems), tokenizer)
     ckpt_dir = run.path / "checkpoints"
     args = TrainingArguments(
@@ -125,7 +133,12 @@ def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=pad_collator(tokenizer.pad_token_id))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=pad_collator(tokenizer.pad_token_id),
+    )
     resume = cfg.resume and any(ckpt_dir.glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     model_dir = run.path / "model"
@@ -147,7 +160,9 @@ def evaluate_policy(model_dir: Path, task: Task, n_problems: int, seed: int) -> 
     backend = HFBackend(str(model_dir), batch_size=200)
     prompts = [PROMPT_TEMPLATE.format(question=p.question) for p in problems]
     greedy = backend.generate(prompts, Sampling(n=1, temperature=0.0, max_new_tokens=96))
-    sampled = backend.generate(prompts, Sampling(n=1, temperature=1.0, max_new_tokens=96, seed=seed))
+    sampled = backend.generate(
+        prompts, Sampling(n=1, temperature=1.0, max_new_tokens=96, seed=seed)
+    )
     correct, wrong_step = [], []
     for p, g, s in zip(problems, greedy, sampled, strict=True):
         correct.append(task.is_correct(p, task.extract_answer(split_steps(g[0].text))))
@@ -179,4 +194,3 @@ def run(cfg: SFTConfig) -> Path:
         atomic_write_json(run.path / "metrics.json", run.manifest["metrics"])
         run.complete()
     return run.path
-

@@ -301,11 +301,10 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
 
 def auroc(labels: list[int], scores: list[float]) -> float | None:
     """ROC AUC, or None when only one class is present (undefined)."""
-    from sklearn.metrics import roc_auc_score
+    from tdrm_cli.metrics import auroc as pairwise_auroc
 
-    if len(set(labels)) < 2:
-        return None
-    return round(float(roc_auc_score(labels, scores)), 4)
+    value = pairwise_auroc(scores, labels)
+    return None if value is None else round(value, 4)
 
 
 def _padded(values: list[list[float]], encoded: list[Encoded]):

@@ -42,7 +42,9 @@ class ArithTask:
 
     def __post_init__(self) -> None:
         if self.ops < 1 or self.max_operand < 1 or self.max_value < self.max_operand:
-            raise UsageError("--task arith: need ops >= 1, max_operand >= 1, max_value >= max_operand")
+            raise UsageError(
+                "--task arith: need ops >= 1, max_operand >= 1, max_value >= max_operand"
+            )
 
     @classmethod
     def from_options(cls, **options: str) -> ArithTask:
@@ -50,7 +52,9 @@ class ArithTask:
         kwargs = {}
         for key, value in options.items():
             if key not in types:
-                raise UsageError(f"--task arith: unknown option '{key}' (known: {', '.join(types)})")
+                raise UsageError(
+                    f"--task arith: unknown option '{key}' (known: {', '.join(types)})"
+                )
             try:
                 kwargs[key] = types[key](value)
             except ValueError:
@@ -62,7 +66,9 @@ class ArithTask:
     def problems(self, split: str, n: int) -> list[Problem]:
         if split not in ("train", "test"):
             raise UsageError(f"--split {split}: expected train or test")
-        rng = random.Random(f"arith|{split}|{self.seed}|{self.ops}|{self.max_operand}|{self.max_value}|{self.mul}")
+        rng = random.Random(
+            f"arith|{split}|{self.seed}|{self.ops}|{self.max_operand}|{self.max_value}|{self.mul}"
+        )
         out: list[Problem] = []
         while len(out) < n:
             start, ops, values = self._draw(rng)
@@ -88,7 +94,12 @@ class ArithTask:
 
     def reference_steps(self, problem: Problem) -> list[str]:
         before = [problem.extra["start"], *problem.extra["values"][:-1]]
-        steps = [f"{a}{op}{b}={c}" for a, (op, b), c in zip(before, problem.extra["ops"], problem.extra["values"], strict=True)]
+        steps = [
+            f"{a}{op}{b}={c}"
+            for a, (op, b), c in zip(
+                before, problem.extra["ops"], problem.extra["values"], strict=True
+            )
+        ]
         return [*steps, f"answer {problem.gold}"]
 
     # ------------------------------------------------------------------ checking
