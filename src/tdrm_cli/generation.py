@@ -240,6 +240,13 @@ def check_backend(name: str) -> None:
         )
 
 
-def load_backend(name: str, model_path: str, **kwargs: Any) -> Backend:
+def load_backend(name: str, model_path: str, role: str = "policy", **kwargs: Any) -> Backend:
+    """A backend for `model_path`; a model that cannot load is a one-line UsageError."""
+    from tdrm_cli.errors import UsageError
+
     check_backend(name)
-    return BACKENDS[name](model_path, **kwargs)
+    try:
+        return BACKENDS[name](model_path, **kwargs)
+    except (OSError, ValueError) as e:  # e.g. a hub id without network, or broken weights
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"--{role} {model_path}: could not load the model ({first})") from None

@@ -267,3 +267,32 @@ def resolve_model(
     if str(path).count("/") == 1 and not str(path).startswith((".", "/")):
         return str(path), None  # hub id
     raise UsageError(f"--{role} {p}: no such model folder or run folder")
+
+
+# ---------------------------------------------------------------- multi-process runs
+
+
+def rank() -> int:
+    """This process's rank under torchrun / accelerate (0 when single-process)."""
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+class FollowerRun(Run):
+    """The run object of ranks > 0: same fields, never writes (rank 0 owns the folder)."""
+
+    def save_manifest(self) -> None:
+        pass
+
+
+@contextmanager
+def open_run(stage: str, cfg: Any) -> Iterator[Run]:
+    """`run_stage` on rank 0; other ranks train with a run object that never writes."""
+    if rank() == 0:
+        with run_stage(stage, cfg) as run:
+            yield run
+    else:
+        yield FollowerRun(Path(cfg.out), {"inputs": {}, "metrics": {}})

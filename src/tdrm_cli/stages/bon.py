@@ -102,16 +102,12 @@ def sample_candidates(cfg: BonConfig, model_path: str) -> tuple[list[dict[str, A
     """`--n` samples per problem from the policy, split into steps and checked; (rows, tokens)."""
     task = load_task(cfg.task)
     problems = task.problems(cfg.split, cfg.problems)
-    try:
-        backend = load_backend(
-            cfg.backend,
-            model_path,
-            batch_size=cfg.batch_size,
-            trust_remote_code=cfg.trust_remote_code,
-        )
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"--policy {cfg.policy}: could not load the model ({first})") from None
+    backend = load_backend(
+        cfg.backend,
+        model_path,
+        batch_size=cfg.batch_size,
+        trust_remote_code=cfg.trust_remote_code,
+    )
     meta = read_policy_meta(model_path)
     separator = meta.get("separator", DEFAULT_SEPARATOR)
     prompts = [build_prompt(backend.tokenizer, p.question, meta) for p in problems]

@@ -122,16 +122,12 @@ class Policy:
 
 
 def load_policy(cfg: CollectConfig, model_path: str) -> Policy:
-    try:
-        backend = load_backend(
-            cfg.backend,
-            model_path,
-            batch_size=cfg.batch_size,
-            trust_remote_code=cfg.trust_remote_code,
-        )
-    except (OSError, ValueError) as e:  # e.g. a hub id without network, or broken weights
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"--policy {cfg.policy}: could not load the model ({first})") from None
+    backend = load_backend(
+        cfg.backend,
+        model_path,
+        batch_size=cfg.batch_size,
+        trust_remote_code=cfg.trust_remote_code,
+    )
     meta = read_policy_meta(model_path)
     return Policy(
         backend,

@@ -29,8 +29,7 @@ import os
 import random
 import shutil
 import statistics
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from tdrm_cli.console import console, log
 from tdrm_cli.errors import UsageError
 from tdrm_cli.prm import PRM, load_prm
 from tdrm_cli.rewards import OnlinePRMUpdate, PRMReward, VerifierReward
-from tdrm_cli.runs import Run, atomic_write_json, resolve_model, run_stage
+from tdrm_cli.runs import Run, atomic_write_json, open_run, rank, resolve_model, world_size
 from tdrm_cli.steps import (
     DEFAULT_SEPARATOR,
     POLICY_META,
@@ -81,14 +80,6 @@ MANAGED = dict(
     save_steps="--save-steps", trust_remote_code="--trust-remote-code",
     num_train_epochs="--problems", shuffle_dataset="--seed (fixed problem stream)",
 )  # fmt: skip
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", 0))
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", 1))
 
 
 def first_line(error: BaseException) -> str:
@@ -380,21 +371,6 @@ def plot_eval_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title:
 # ---------------------------------------------------------------- run folder, checkpoints
 
 
-@contextmanager
-def open_run(cfg: RLConfig) -> Iterator[Run]:
-    """Rank 0 owns the run folder; other ranks train with a run object that never writes."""
-    if rank() == 0:
-        with run_stage("rl", cfg) as run:
-            yield run
-    else:
-        yield FollowerRun(Path(cfg.out), {"inputs": {}, "metrics": {}})
-
-
-class FollowerRun(Run):
-    def save_manifest(self) -> None:  # rank 0 writes the manifest; ranks > 0 must not race it
-        pass
-
-
 class SaveCritic(TrainerCallback):
     """Puts the online PRM (weights, optimizer, history) into every checkpoint, for --resume."""
 
@@ -485,7 +461,7 @@ def run(cfg: RLConfig) -> Path:
     prm = load_reward_prm(cfg)
     dataset = build_dataset(problem_stream(task, cfg.problems, cfg.seed), tokenizer, meta)
 
-    with open_run(cfg) as run:
+    with open_run("rl", cfg) as run:
         run.add_input("policy", cfg.policy)
         if prm is not None:
             run.add_input("prm", cfg.prm)

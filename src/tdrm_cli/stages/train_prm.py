@@ -11,11 +11,8 @@ global `--batch-size` across ranks; only rank 0 writes the run folder.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +31,19 @@ from tdrm_cli.prm import (
     prm_meta,
 )
 from tdrm_cli.prm_trainer import PRMTrainer, StepCollator, Targets
-from tdrm_cli.runs import Run, atomic_write_json, require_complete, resolve_model, run_stage
+from tdrm_cli.runs import (
+    Run,
+    atomic_write_json,
+    open_run,
+    rank,
+    require_complete,
+    resolve_model,
+    world_size,
+)
 from tdrm_cli.steps import read_policy_meta
 
 ROLLOUTS = "rollouts.parquet"
 REQUIRED_COLUMNS = ("problem_id", "prompt", "steps", "correct")
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", 0))
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", 1))
 
 
 # ---------------------------------------------------------------- rollouts
@@ -226,21 +223,6 @@ def training_args(cfg: TrainPRMConfig, run: Run, report_to: list[str]):
     )
 
 
-@contextmanager
-def open_run(cfg: TrainPRMConfig) -> Iterator[Run]:
-    """Rank 0 owns the run folder; other ranks train with a run object that never writes."""
-    if rank() == 0:
-        with run_stage("train-prm", cfg) as run:
-            yield run
-    else:
-        yield FollowerRun(Path(cfg.out), {"inputs": {}, "metrics": {}})
-
-
-class FollowerRun(Run):
-    def save_manifest(self) -> None:  # rank 0 writes the manifest; ranks > 0 must not race it
-        pass
-
-
 # ---------------------------------------------------------------- train, save, evaluate
 
 
@@ -374,7 +356,7 @@ def run(cfg: TrainPRMConfig) -> Path:
         cfg.loss
     ]
     target = f"n-step n={cfg.n_step}" if cfg.n_step else target
-    with open_run(cfg) as run:
+    with open_run("train-prm", cfg) as run:
         run.add_input("data", cfg.data)
         run.add_input("base", base_ref)
         if rank() == 0:
