@@ -46,3 +46,24 @@ def test_sft_prints_run_path_last_and_refuses_complete(tmp_path):
     assert again.exit_code == 2
     assert "already holds a complete run" in again.stderr
     assert invoke(*args, "--overwrite").exit_code == 0
+
+
+def test_every_stage_loads_the_policy_tokenizer_intact(tiny_policy):
+    """transformers 5's AutoTokenizer would load our character tokenizer as the model type's
+    tokenizer and drop whitespace; every loader the stages use must round-trip text."""
+    from tdrm_cli.config import RLConfig
+    from tdrm_cli.generation import load_tokenizer
+    from tdrm_cli.prm import load_tokenizer as prm_load_tokenizer
+    from tdrm_cli.stages.rl import load_policy_tokenizer
+
+    model_dir = str(tiny_policy / "model")
+    text = "12+7-3\n\n12+7=19\n\nanswer 16"
+    loaders = [
+        load_tokenizer(model_dir),
+        prm_load_tokenizer(model_dir),
+        load_policy_tokenizer(RLConfig(policy=str(tiny_policy), reward="rlvr"), model_dir),
+    ]
+    for tokenizer in loaders:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert len(ids) == len(text)
+        assert tokenizer.decode(ids) == text

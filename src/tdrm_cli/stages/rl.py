@@ -90,7 +90,8 @@ def first_line(error: BaseException) -> str:
 
 
 def load_policy_tokenizer(cfg: RLConfig, model_dir: str):
-    from transformers import AutoTokenizer
+    # The project's loader: tdrm's character tokenizer stays intact (see generation.py).
+    from tdrm_cli.generation import load_tokenizer
 
     # transformers 5 quietly builds an empty tokenizer for a folder without tokenizer files
     if Path(model_dir).is_dir() and not any(
@@ -98,9 +99,7 @@ def load_policy_tokenizer(cfg: RLConfig, model_dir: str):
     ):
         raise UsageError(f"--policy {cfg.policy}: no tokenizer files in {model_dir}")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            model_dir, trust_remote_code=cfg.trust_remote_code
-        )
+        tokenizer = load_tokenizer(model_dir, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:  # OSError, ValueError, TypeError... depending on what is missing
         raise UsageError(f"--policy {cfg.policy}: no usable tokenizer ({first_line(e)})") from None
     if len(tokenizer) < 2:
