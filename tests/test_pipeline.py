@@ -72,3 +72,14 @@ def test_skips_complete_and_resumes_failed(tmp_path, monkeypatch):
 
     third = invoke("pipeline", recipe)
     assert third.exit_code == 0 and calls == ["a", "b", "b"]  # nothing ran again
+
+
+def test_complete_stage_with_other_settings_is_refused(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    text = f"root: {tmp_path / 'runs'}\nstages:\n  - {{name: a, stage: sft, args: {TINY_SFT}}}\n"
+    recipe.write_text(text)
+    assert invoke("pipeline", recipe).exit_code == 0
+    recipe.write_text(text.replace("max_steps: 2", "max_steps: 3"))
+    result = invoke("pipeline", recipe)
+    assert result.exit_code == 2
+    assert "complete, but run with max_steps=2 where the recipe now says 3" in result.stderr

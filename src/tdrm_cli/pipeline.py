@@ -120,6 +120,21 @@ def build_step_config(recipe: Recipe, step: Step, resume: bool = False) -> Any:
     return config.build_config(cls, args, {}, source=f"{recipe.path} stage '{step.name}'")
 
 
+def check_same_settings(recipe: Recipe, step: Step) -> None:
+    """Refuse to skip a complete stage whose saved config differs from the recipe's."""
+    saved = config.load_yaml(recipe.root / step.name / "config.yaml")
+    wanted = config.to_dict(build_step_config(recipe, step))
+    changed = [
+        k for k in wanted if k not in ("out", "resume", "overwrite") and saved.get(k) != wanted[k]
+    ]
+    if changed:
+        key = changed[0]
+        raise UsageError(
+            f"{recipe.root / step.name}: complete, but run with {key}={saved.get(key)!r} where the recipe "
+            f"now says {wanted[key]!r}; remove that folder (and the stages after it) or use another --root"
+        )
+
+
 def step_status(recipe: Recipe, step: Step) -> str:
     out = recipe.root / step.name
     return read_manifest(out)["status"] if is_run_dir(out) else "new"
@@ -135,6 +150,7 @@ def run_pipeline(recipe: Recipe, only: list[str] | None = None) -> Path:
             continue
         status = step_status(recipe, step)
         if status == "complete":
+            check_same_settings(recipe, step)
             console.print(f"[green]✓[/] {step.name}: complete, skipped")
             continue
         cfg = build_step_config(recipe, step, resume=status in ("running", "failed"))
