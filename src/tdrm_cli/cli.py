@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import importlib
 import inspect
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import typer
 
 from tdrm_cli import __version__, config
 from tdrm_cli.errors import UsageError
+from tdrm_cli.runs import rank
 
 app = typer.Typer(
     name="tdrm",
@@ -114,7 +114,7 @@ def stage_command(name: str, cfg_cls: type, module: str, help_text: str) -> None
                 path = stage.run(cfg)
         except UsageError as e:
             fail(str(e))
-        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, from rank 0
+        if rank() == 0:  # under torchrun, one line, from rank 0
             typer.echo(str(path))
 
     params = [

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tdrm_cli.errors import UsageError
+from tdrm_cli.errors import UsageError, first_line
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -529,7 +529,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UsageError(f"{path}: not valid YAML ({first})") from None
     if data is None:
         return {}

@@ -3,3 +3,9 @@
 
 class UsageError(Exception):
     """Bad input from the user (flags, files, run folders). Never a bug."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first message line (its type name when it has no message)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tdrm_cli.errors import UsageError
+from tdrm_cli.errors import UsageError, first_line
 
 OnBatch = Callable[[int, int], None]
 """Progress callback: `on_batch(sequences_done, tokens_generated)` after every batch."""
@@ -242,11 +242,9 @@ def check_backend(name: str) -> None:
 
 def load_backend(name: str, model_path: str, role: str = "policy", **kwargs: Any) -> Backend:
     """A backend for `model_path`; a model that cannot load is a one-line UsageError."""
-    from tdrm_cli.errors import UsageError
-
     check_backend(name)
     try:
         return BACKENDS[name](model_path, **kwargs)
     except (OSError, ValueError) as e:  # e.g. a hub id without network, or broken weights
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UsageError(f"--{role} {model_path}: could not load the model ({first})") from None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tdrm_cli.errors import UsageError
+from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.runs import resolve_model
 from tdrm_cli.steps import DEFAULT_SEPARATOR, build_prompt, encode_pieces, prompt_format
 
@@ -131,7 +131,7 @@ def check_causal_lm(model_path: str, role: str = "base", trust_remote_code: bool
     try:
         config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UsageError(f"--{role} {model_path}: unreadable model config ({first})") from None
     model_type = getattr(config, "model_type", None)
     archs = list(getattr(config, "architectures", None) or [])
@@ -192,7 +192,7 @@ def load_value_model(
             **kwargs,
         )
     except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UsageError(
             f"--{role} {model_path}: cannot load safetensors weights ({first})"
         ) from None

@@ -88,9 +88,20 @@ def _load(path: Path, name: str) -> dict:
     return json.loads((Path(path) / name).read_text(encoding="utf-8"))
 
 
+def copy_plots(run_dir: Path, out: Path, prefix: str, alt: str) -> str:
+    """Copy a run's PNGs next to report.md (so it stands alone) and embed each."""
+    import shutil
+
+    text = ""
+    for png in sorted(Path(run_dir).glob("*.png")):
+        target = out / f"{prefix}-{Path(run_dir).name}-{png.name}"
+        shutil.copyfile(png, target)
+        text += f"\n![{alt}]({target.name})\n"
+    return text
+
+
 def bon_section(run_dir: Path, out: Path) -> str:
     """Accuracy at every N for pass@N, majority and every PRM curve of one bon run."""
-    import shutil
 
     results = _load(run_dir, "results.json")
     ns = results["ns"]
@@ -116,15 +127,10 @@ def bon_section(run_dir: Path, out: Path) -> str:
         + md_table(["curve", *[f"N={n}" for n in ns]], rows)
         + "\n"
     )
-    for png in sorted(Path(run_dir).glob("*.png")):
-        target = out / f"bon-{Path(run_dir).name}-{png.name}"
-        shutil.copyfile(png, target)
-        text += f"\n![best-of-N accuracy vs N]({target.name})\n"
-    return text
+    return text + copy_plots(run_dir, out, "bon", "best-of-N accuracy vs N")
 
 
 def search_section(run_dir: Path, out: Path) -> str:
-    import shutil
 
     results = _load(run_dir, "results.json")
     rows = [
@@ -136,11 +142,7 @@ def search_section(run_dir: Path, out: Path) -> str:
         + md_table(["method", "PRM", "accuracy", "oracle", "generated tokens / problem"], rows)
         + "\n"
     )
-    for png in sorted(Path(run_dir).glob("*.png")):
-        target = out / f"search-{Path(run_dir).name}-{png.name}"
-        shutil.copyfile(png, target)
-        text += f"\n![search accuracy vs tokens]({target.name})\n"
-    return text
+    return text + copy_plots(run_dir, out, "search", "search accuracy vs tokens")
 
 
 def problems_to_reach(points: list[dict], target: float) -> int | None:

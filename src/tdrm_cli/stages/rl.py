@@ -38,7 +38,7 @@ from transformers import TrainerCallback
 
 from tdrm_cli.config import RLConfig
 from tdrm_cli.console import console, log
-from tdrm_cli.errors import UsageError
+from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.prm import PRM, load_prm
 from tdrm_cli.rewards import OnlinePRMUpdate, PRMReward, VerifierReward
 from tdrm_cli.runs import Run, atomic_write_json, open_run, rank, resolve_model, world_size
@@ -80,10 +80,6 @@ MANAGED = dict(
     save_steps="--save-steps", trust_remote_code="--trust-remote-code",
     num_train_epochs="--problems", shuffle_dataset="--seed (fixed problem stream)",
 )  # fmt: skip
-
-
-def first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 # ---------------------------------------------------------------- setup

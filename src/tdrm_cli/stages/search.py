@@ -41,7 +41,7 @@ from rich.table import Table
 from tdrm_cli import plots, voting
 from tdrm_cli.config import SearchConfig
 from tdrm_cli.console import console, log
-from tdrm_cli.errors import UsageError
+from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.prefix_cache import Cached, cache_arg, make_batch, row_cached, supports_prefix_cache
 from tdrm_cli.prm import aggregate, load_prm
 from tdrm_cli.runs import atomic_write_bytes, atomic_write_json, resolve_model, run_stage
@@ -598,7 +598,7 @@ def run(cfg: SearchConfig) -> Path:
                 cfg.trust_remote_code,
             )
         except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise UsageError(f"--policy {cfg.policy}: could not load the model ({first})") from None
         for label, prm in zip(labels, prms, strict=True):
             if prm.separator != policy.separator:

@@ -336,3 +336,17 @@ def check_answer(gold: str | None, answer: str | None, timeout: float = DEFAULT_
             _default = AnswerChecker()
             atexit.register(_default.close)
     return _default.check(gold, answer, timeout)
+
+
+class FinalAnswerChecking:
+    """Task methods for free-text math: the final answer is extracted from the steps and
+    checked against the gold with math-verify; single steps cannot be checked exactly."""
+
+    def extract_answer(self, steps: list[str]) -> str | None:
+        return extract_answer("\n".join(steps))
+
+    def is_correct(self, problem, answer: str | None) -> bool:
+        return check_answer(problem.gold, answer)
+
+    def step_truth(self, problem, steps: list[str]) -> None:
+        return None

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tdrm_cli.errors import UsageError
+from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.tasks import Problem
-from tdrm_cli.tasks.answers import check_answer, extract_answer, gold_answer
+from tdrm_cli.tasks.answers import FinalAnswerChecking, extract_answer, gold_answer
 
 OPTIONS = ("question", "answer", "split", "test_fraction")
 
@@ -43,7 +43,7 @@ class Row:
 
 
 @dataclass
-class FileTask:
+class FileTask(FinalAnswerChecking):
     name: str
     """The file as given in the task spec."""
     rows: list[Row] = field(default_factory=list)
@@ -104,15 +104,6 @@ class FileTask:
         steps = [line.strip() for line in problem.extra["solution"].splitlines() if line.strip()]
         return steps if extract_answer("\n".join(steps)) is not None else [f"#### {problem.gold}"]
 
-    def extract_answer(self, steps: list[str]) -> str | None:
-        return extract_answer("\n".join(steps))
-
-    def is_correct(self, problem: Problem, answer: str | None) -> bool:
-        return check_answer(problem.gold, answer)
-
-    def step_truth(self, problem: Problem, steps: list[str]) -> None:
-        return None
-
 
 # ---------------------------------------------------------------- reading
 
@@ -158,7 +149,7 @@ def _parquet_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UsageError(f"{path}: not a readable Parquet file ({first})") from None
     for number, record in enumerate(table.to_pylist(), start=1):
         yield f"{path} row {number}", record

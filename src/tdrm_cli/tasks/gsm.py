@@ -18,14 +18,14 @@ from typing import Any
 
 from tdrm_cli.errors import UsageError
 from tdrm_cli.tasks import Problem
-from tdrm_cli.tasks.answers import check_answer, extract_answer, gold_answer
+from tdrm_cli.tasks.answers import FinalAnswerChecking, gold_answer
 
 DATASET = "gsm_symbolic"
 TEST_BUCKETS = 10  # one question in TEST_BUCKETS goes to test
 
 
 @dataclass
-class GSMSymbolicTask:
+class GSMSymbolicTask(FinalAnswerChecking):
     seed: int = 0
     """Which stream of generated problems (train and test stay disjoint for every seed)."""
     name: str = "gsm-symbolic"
@@ -77,15 +77,6 @@ class GSMSymbolicTask:
 
     def reference_steps(self, problem: Problem) -> list[str]:
         return [line.strip() for line in problem.extra["solution"].splitlines() if line.strip()]
-
-    def extract_answer(self, steps: list[str]) -> str | None:
-        return extract_answer("\n".join(steps))
-
-    def is_correct(self, problem: Problem, answer: str | None) -> bool:
-        return check_answer(problem.gold, answer)
-
-    def step_truth(self, problem: Problem, steps: list[str]) -> None:
-        return None
 
 
 def _reasoning_gym() -> Any:
