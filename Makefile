@@ -44,7 +44,7 @@ test-all: install
 	$(BIN)/python -m pytest -q -m ''
 
 bench: install
-	@for f in bench/*.py; do [ "$$f" = bench/common.py ] && continue; echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -4,7 +4,7 @@ Both sides use the same model, prompts, batch size and sampling settings, in one
 The collect side is timed end to end (`collect.run`: model load, prompts, generation,
 splitting, verifying, shard and table writes); the raw side only times its generate loop.
 Each side runs `--repeats` times, interleaved, and keeps its best, so background load on
-a shared machine hits both alike. The last line is the ratio collect/raw (target >= 0.7).
+a shared machine hits both alike. Needs: ratio collect/raw >= 0.7; the last lines print it.
 
     python bench/collect_throughput.py                      # trains a quick tiny policy first
     python bench/collect_throughput.py --policy runs/sft    # any policy run or HF model folder
@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import report
 
 from tdrm_cli.config import CollectConfig, SFTConfig
 from tdrm_cli.generation import load_tokenizer
@@ -105,7 +107,7 @@ def collect_tokens_per_s(
     return metrics["generated_tokens"] / seconds, metrics["tokens_per_s"]
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--policy", help="Policy run folder or HF model folder (default: train a quick tiny one)."
@@ -138,8 +140,12 @@ def main() -> None:
     print(
         f"tdrm collect (run)     {max(end_to_end):10.1f} tokens/s  (end to end, model load included)"
     )
-    print(f"ratio: {max(end_to_end) / max(raw):.3f}")
+    ratio = max(end_to_end) / max(raw)
+    print(f"ratio: {ratio:.3f}")
+    return report(
+        "`collect_throughput`: tdrm collect / raw generate tokens/s", ratio, ">= 0.7", ratio >= 0.7
+    )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

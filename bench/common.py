@@ -1,4 +1,5 @@
-"""Shared set-up for the benchmarks: a policy-sized random Qwen2 folder and arith solutions."""
+"""Shared set-up for the benchmarks: a policy-sized random Qwen2 folder, arith solutions, and
+`report`, which prints the machine-readable last line that `bench/run_all.py` collects."""
 
 from __future__ import annotations
 
@@ -10,6 +11,21 @@ from tdrm_cli.config import SFTConfig
 from tdrm_cli.stages.sft import PROMPT_TEMPLATE, build_char_tokenizer, build_model
 from tdrm_cli.steps import DEFAULT_SEPARATOR, POLICY_META
 from tdrm_cli.tasks.arith import ArithTask
+
+BENCH_PREFIX = "BENCH "
+
+
+def report(metric: str, ratio: float, goal: str, passed: bool, detail: str = "") -> int:
+    """Print `BENCH {json}` (the script's last line) and return the exit code: 0 passed, 1 not.
+
+    `goal` is the bound as text (">= 0.7"); `detail` is any other measured figure the goal
+    depends on ("max diff 3.1e-07"). `bench/run_all.py` turns these lines into its table.
+    """
+    line = {"metric": metric, "ratio": round(float(ratio), 4), "goal": goal, "pass": bool(passed)}
+    if detail:
+        line["detail"] = detail
+    print(BENCH_PREFIX + json.dumps(line), flush=True)
+    return 0 if passed else 1
 
 
 def policy_folder(

@@ -4,7 +4,7 @@ Same model, same 256 solutions of 8 steps. Single pass: one forward per solution
 length-bucketed) reads all step values. Per prefix (the reference implementation's way):
 one forward per step prefix, value at its last token. Also shown: the per-prefix way with
 the prefixes batched like the single pass, which isolates the saving in tokens.
-Needs: speed-up >= 4x and max |difference| < 1e-4. The last line prints the ratio.
+Needs: speed-up >= 4x and max |difference| < 1e-4. The last lines print the ratio.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import arith_solutions, policy_folder
+from common import arith_solutions, policy_folder, report
 
 from tdrm_cli.prm import PRM, Encoded, load_tokenizer, load_value_model, prm_meta
 from tdrm_cli.steps import read_policy_meta
@@ -86,7 +86,13 @@ def main() -> int:
         if ok
         else f"FAILED speedup {ratio:.2f} (need >= 4), max diff {diff:.2e} (need < 1e-4)"
     )
-    return 0 if ok else 1
+    return report(
+        "`prm_scoring`: per-prefix / single-pass scoring time",
+        ratio,
+        ">= 4 and max diff < 1e-4",
+        ok,
+        f"max diff {diff:.1e}",
+    )
 
 
 if __name__ == "__main__":

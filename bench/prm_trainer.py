@@ -6,7 +6,7 @@ MSE via `compute_loss_func`; the PRM trainer computes TD(lambda) targets, BCE an
 logged metrics. Every optimizer step is timed (data, forward, loss, backward, update);
 runs alternate, and each step keeps its fastest time over the repeats, which strips
 out bursts from other processes on a shared CPU (both trainers draw the same batches).
-Needs: PRM trainer tokens/s >= 0.9x the plain Trainer's. The last line prints the ratio.
+Needs: PRM trainer tokens/s >= 0.9x the plain Trainer's. The last lines print the ratio.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import arith_solutions, policy_folder
+from common import arith_solutions, policy_folder, report
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from tdrm_cli.prm import PRM, load_tokenizer, load_value_model, prm_meta
@@ -163,7 +163,7 @@ def main() -> int:
     print(f"PRMTrainer (TD)       {td_rate:9.0f} tokens/s")
     ok = ratio >= 0.9
     print(f"ratio {ratio:.3f}" if ok else f"FAILED ratio {ratio:.3f} (need >= 0.9)")
-    return 0 if ok else 1
+    return report("`prm_trainer`: PRMTrainer / plain Trainer tokens/s", ratio, ">= 0.9", ok)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ policies stay equal and step k generates the same completions on both sides; the
 per step does not depend on the learning rate. The sides alternate `--repeats` times;
 each step keeps its fastest repeat (background load on a shared machine only adds time),
 the first step is dropped as warm-up, and the ratio is of the summed step times. Also
-shown: the time spent inside the PRM reward call. The last line is the ratio
-prm+rlvr / rlvr (target <= 1.25).
+shown: the time spent inside the PRM reward call. Needs: ratio prm+rlvr / rlvr <= 1.25;
+the last lines print it.
 
     python bench/rl_reward_overhead.py                                 # trains a quick policy first
     python bench/rl_reward_overhead.py --policy runs/sft --prm runs/prm-td
@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import report
 
 from tdrm_cli import rewards
 from tdrm_cli.config import RLConfig, SFTConfig
@@ -106,7 +108,7 @@ def step_times(
     ]
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--policy", help="Policy run folder or HF model folder (default: train a quick one)."
@@ -148,8 +150,12 @@ def main() -> None:
             f"(mean completion {statistics.mean(lengths[side]):.1f} tokens)"
         )
     print(f"  PRM reward call {prm_call:.3f} s/step ({prm_call / (base / n):.1%} of an rlvr step)")
-    print(f"ratio: {with_prm / base:.3f}")
+    ratio = with_prm / base
+    print(f"ratio: {ratio:.3f}")
+    return report(
+        "`rl_reward_overhead`: GRPO step time, prm+rlvr / rlvr", ratio, "<= 1.25", ratio <= 1.25
+    )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,7 +15,7 @@ tokens on the parent's cached keys/values (re-reading the prefix instead, as the
 version did, measured 1.64 here: the prefix prefill dominates on a CPU with a model this
 small). Needs: per-step wall time at depth 16 / at depth 4 <= 1.5.
 Each depth runs `--repeats` times (best kept), interleaved, so background load hits all
-depths alike. The last line prints that ratio.
+depths alike. The last lines print that ratio.
 
     python bench/search_cost.py [--problems 4] [--repeats 2]
 """
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import policy_folder
+from common import policy_folder, report
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from tdrm_cli.config import SearchConfig
@@ -75,7 +75,7 @@ def build(workdir: Path, batch_size: int) -> tuple[HFStepPolicy, PRM]:
     return policy, PRM(model, tokenizer, prm_meta(tokenizer, read_policy_meta(base), agg="last"))
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
@@ -130,7 +130,14 @@ def main() -> None:
     ratio = (deep["wall"] / deep["steps"]) / (shallow["wall"] / shallow["steps"])
     print(f"tokens per step, depth {DEPTHS[-1]} / depth {DEPTHS[0]}: {token_ratio:.2f}")
     print(f"per-step wall time, depth {DEPTHS[-1]} / depth {DEPTHS[0]}: {ratio:.2f} (needs <= 1.5)")
+    return report(
+        f"`search_cost`: beam search s/step, depth {DEPTHS[-1]} / depth {DEPTHS[0]}",
+        ratio,
+        "<= 1.5",
+        ratio <= 1.5,
+        f"tokens/step ratio {token_ratio:.2f}",
+    )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,7 +15,7 @@ depend on the background load).
 Columns: requests/s (median over rounds), p50/p99 latency (all requests), server CPU ms
 per answered request, batches, mean requests per batch, how busy the model thread was,
 answers by status. Every request must be answered 200 (lost = sent - answered).
-Needs: median ratio >= 2 at 16 clients and no request lost. The last line prints the ratio.
+Needs: median ratio >= 2 at 16 clients and no request lost. The last lines print the ratio.
 
 The PRM is small (SERVE_BENCH_HIDDEN x SERVE_BENCH_LAYERS, default 32 x 2), so what is
 measured is the serving path. On CPU a forward pass costs about linearly in the batch
@@ -40,7 +40,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import arith_solutions, policy_folder
+from common import arith_solutions, policy_folder, report
 
 from tdrm_cli.prm import PRM, load_tokenizer, load_value_model, prm_meta
 from tdrm_cli.steps import build_prompt, read_policy_meta
@@ -257,7 +257,13 @@ def main() -> int:
         f"{'PASS' if ok else 'FAIL'}: needs median ratio >= {NEEDED_RATIO} and 0 lost (lost {lost})"
     )
     print(f"ratio {ratio:.2f}x (micro-batched vs one-at-a-time requests/s, {CLIENTS} clients)")
-    return 0 if ok else 1
+    return report(
+        f"`serve_load`: micro-batched / one-at-a-time req/s, {CLIENTS} clients",
+        ratio,
+        f">= {NEEDED_RATIO:g} and 0 lost",
+        ok,
+        f"lost {lost}",
+    )
 
 
 if __name__ == "__main__":

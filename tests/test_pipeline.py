@@ -1,5 +1,6 @@
 """`tdrm pipeline`: recipes validate up front, complete stages are skipped, failed ones resumed."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,22 @@ def test_complete_stage_with_other_settings_is_refused(tmp_path):
     result = invoke("pipeline", recipe)
     assert result.exit_code == 2
     assert "complete, but run with max_steps=2 where the recipe now says 3" in result.stderr
+
+
+def test_second_pipeline_on_the_same_root_is_refused(tmp_path):
+    from tdrm_cli.runs import FolderLock
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"root: {tmp_path / 'root'}\nstages:\n  - {{name: sft, stage: sft, args: {TINY_SFT}}}\n"
+    )
+    (tmp_path / "root").mkdir()
+    held = FolderLock.acquire(tmp_path / "root")  # as a running pipeline would
+    try:
+        result = invoke("pipeline", recipe)
+        assert result.exit_code == 2
+        assert f"--root {tmp_path / 'root'}: in use by pid {os.getpid()}" in result.stderr
+        assert not (tmp_path / "root" / "sft").exists()
+    finally:
+        held.release()
+    assert invoke("pipeline", recipe).exit_code == 0

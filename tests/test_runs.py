@@ -1,9 +1,13 @@
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
-from tdrm_cli.config import SFTConfig
+from conftest import invoke
+from tdrm_cli.config import CollectConfig, SFTConfig
 from tdrm_cli.errors import UsageError
 from tdrm_cli.runs import atomic_write_json, prepare_run, read_manifest, require_complete, run_stage
 
@@ -66,3 +70,76 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
         atomic_write_json(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temp file left behind
+
+
+# ---------------------------------------------------------------- one writer per folder
+
+HOLD_LOCK = """
+import sys, time
+from tdrm_cli.config import SFTConfig
+from tdrm_cli.runs import prepare_run
+prepare_run("sft", SFTConfig(out=sys.argv[1]))
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def hold_lock_in_child(out):
+    """A real second process that opens `out` as a run and keeps it locked."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout.readline().strip() == "locked"
+    return child
+
+
+def test_second_writer_gets_a_clear_error_not_interleaved_files(tmp_path):
+    out = tmp_path / "r"
+    child = hold_lock_in_child(out)
+    try:
+        result = invoke("sft", "--out", out, "--resume", "--max-steps", "1")
+        assert result.exit_code == 2, result.output
+        line = result.stderr.strip()
+        assert len(line.splitlines()) == 1
+        assert f"in use by pid {child.pid}" in line and str(out) in line
+        assert read_manifest(out)["status"] == "running"  # the holder's run, untouched
+        assert sorted(p.name for p in out.iterdir()) == [".lock", "config.yaml", "manifest.json"]
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_stale_lock_of_a_killed_process_is_taken_over(tmp_path):
+    out = tmp_path / "r"
+    child = hold_lock_in_child(out)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert (
+        f"pid {child.pid}" in (out / ".lock").read_text()
+    )  # the dead holder's file is still there
+    run = prepare_run("sft", SFTConfig(out=str(out), resume=True))
+    assert f"pid {os.getpid()}" in (out / ".lock").read_text()
+    with pytest.raises(UsageError, match=f"in use by pid {os.getpid()}"):
+        prepare_run("sft", SFTConfig(out=str(out), resume=True))
+    run.release()
+    assert not (out / ".lock").exists()
+    prepare_run("sft", SFTConfig(out=str(out), resume=True)).release()
+
+
+def test_resume_refuses_an_input_that_changed(tmp_path):
+    with run_stage("sft", SFTConfig(out=str(tmp_path / "policy"))):
+        pass
+    run = prepare_run(
+        "collect", CollectConfig(policy=str(tmp_path / "policy"), out=str(tmp_path / "c"))
+    )
+    run.add_input("policy", tmp_path / "policy")
+    run.fail(RuntimeError("killed"))
+    run.release()
+    manifest = json.loads((tmp_path / "policy" / "manifest.json").read_text())
+    manifest["seed"] = 7  # the input run was replaced / edited after the collect started
+    atomic_write_json(tmp_path / "policy" / "manifest.json", manifest)
+    cfg = CollectConfig(policy=str(tmp_path / "policy"), out=str(tmp_path / "c"), resume=True)
+    with pytest.raises(UsageError, match="input 'policy' .* is not the run this one started from"):
+        prepare_run("collect", cfg)
+    assert read_manifest(tmp_path / "c")["status"] == "failed"
+    assert not (tmp_path / "c" / ".lock").exists()

@@ -325,7 +325,7 @@ def test_split_by_problem_is_disjoint_and_seeded(data):
     from tdrm_cli.config import TrainPRMConfig
     from tdrm_cli.stages.train_prm import load_rollouts, split_by_problem
 
-    frame = load_rollouts(TrainPRMConfig(data=str(data)))
+    frame, _ = load_rollouts(TrainPRMConfig(data=str(data)))
     train, held = split_by_problem(frame, 0.25, seed=0)
     assert len(train) + len(held) == len(frame) and held["problem_id"].nunique() == 4
     assert not set(train["problem_id"]) & set(held["problem_id"])

@@ -195,6 +195,11 @@ def serve_command(
         "--trust-remote-code",
         help="Allow model code from the model folder (off by default).",
     ),
+    allow_pickle: bool = typer.Option(
+        False,
+        "--allow-pickle",
+        help="Load pickle weights (.bin/.pt) of a model without safetensors (pickle can run code).",
+    ),
 ) -> None:
     """Serve a PRM over HTTP: OpenRLHF /get_reward, /score, /health, /info (see README)."""
     from tdrm_cli import serve
@@ -204,6 +209,7 @@ def serve_command(
             prm=prm, task=task, reward=reward, prm_weight=prm_weight, agg=agg, host=host, port=port,
             api_key=api_key, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
             max_request_bytes=max_request_bytes, trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
         )  # fmt: skip
         serve.run(cfg)
     except UsageError as e:

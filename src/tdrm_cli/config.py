@@ -96,6 +96,10 @@ class CollectConfig(RunConfig):
     backend: str = opt("hf", "Generation backend: hf or vllm.")
     shard_size: int = opt(25, "Problems per shard written to disk (the unit of --resume).")
     trust_remote_code: bool = opt(False, "Allow model code from the model folder (off by default).")
+    allow_pickle: bool = opt(
+        False,
+        "Load pickle weights (.bin/.pt) of a model without safetensors (pickle can run code).",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -145,6 +149,10 @@ class TrainPRMConfig(RunConfig):
     save_steps: int = opt(200, "Checkpoint every this many optimizer steps (for --resume).")
     agg: str = opt("min", "Default aggregation recorded with the PRM: min, last, prod or mean.")
     trust_remote_code: bool = opt(False, "Allow model code from the model folder (off by default).")
+    allow_pickle: bool = opt(
+        False,
+        "Load pickle weights (.bin/.pt) of a model without safetensors (pickle can run code).",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -241,6 +249,10 @@ class RLConfig(RunConfig):
     logging_steps: int = opt(1, "Log rewards, loss and KL every this many steps.")
     save_steps: int = opt(50, "Checkpoint every this many steps (for --resume).")
     trust_remote_code: bool = opt(False, "Allow model code from the model folder (off by default).")
+    allow_pickle: bool = opt(
+        False,
+        "Load pickle weights (.bin/.pt) of a model without safetensors (pickle can run code).",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -335,6 +347,10 @@ class BonConfig(RunConfig):
     batch_size: int = opt(64, "Sequences per generation / PRM scoring batch.")
     backend: str = opt("hf", "Generation backend: hf or vllm.")
     trust_remote_code: bool = opt(False, "Allow model code from the model folder (off by default).")
+    allow_pickle: bool = opt(
+        False,
+        "Load pickle weights (.bin/.pt) of a model without safetensors (pickle can run code).",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -399,6 +415,10 @@ class SearchConfig(RunConfig):
     top_p: float = opt(1.0, "Nucleus sampling mass.")
     batch_size: int = opt(64, "Sequences per generation / PRM scoring batch.")
     trust_remote_code: bool = opt(False, "Allow model code from the model folder (off by default).")
+    allow_pickle: bool = opt(
+        False,
+        "Load pickle weights (.bin/.pt) of a model without safetensors (pickle can run code).",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -467,6 +487,10 @@ class EvalConfig(RunConfig):
         [], "rl run folders to include in report.md (accuracy vs problems seen); repeatable."
     )
     trust_remote_code: bool = opt(False, "Allow model code from the model folder (off by default).")
+    allow_pickle: bool = opt(
+        False,
+        "Load pickle weights (.bin/.pt) of a model without safetensors (pickle can run code).",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

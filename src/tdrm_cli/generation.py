@@ -50,6 +50,31 @@ class Backend(Protocol):
     ) -> list[list[Completion]]: ...
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def weights_kwargs(model_path: str, allow_pickle: bool = False) -> dict[str, Any]:
+    """`from_pretrained` kwargs that load safetensors only, unless `allow_pickle`.
+
+    Pickle weights (`pytorch_model.bin`, ...) can run arbitrary code when unpickled. A local
+    folder holding only those is refused with a one-line error naming the file; a hub id is
+    held to safetensors by transformers itself (`use_safetensors=True`).
+    """
+    from pathlib import Path
+
+    if allow_pickle:
+        return {"use_safetensors": None}  # safetensors when present, else the pickle files
+    folder = Path(model_path)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        pickles = sorted(f.name for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise UsageError(
+                f"{folder / pickles[0]}: pickle weights can run code when loaded; tdrm loads "
+                f"safetensors only (pass --allow-pickle if you trust this file)"
+            )
+    return {"use_safetensors": True}
+
+
 def _group(flat: list[Completion], n: int) -> list[list[Completion]]:
     return [flat[i : i + n] for i in range(0, len(flat), n)]
 
@@ -89,10 +114,12 @@ class HFBackend:
         batch_size: int = 64,
         dtype: str = "auto",
         trust_remote_code: bool = False,
+        allow_pickle: bool = False,
     ):
         import torch
         from transformers import AutoModelForCausalLM
 
+        safe = weights_kwargs(model_path, allow_pickle)
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -105,7 +132,7 @@ class HFBackend:
             "float16": torch.float16,
         }[dtype]
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+            model_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **safe
         ).to(device)
         self.model.eval()
         self.device = device
@@ -180,7 +207,9 @@ class VLLMBackend:
         batch_size: int = 64,
         dtype: str = "auto",
         trust_remote_code: bool = False,
+        allow_pickle: bool = False,
     ):
+        safe = weights_kwargs(model_path, allow_pickle)
         try:
             from vllm import LLM
         except ImportError:
@@ -191,7 +220,13 @@ class VLLMBackend:
 
         if not torch.cuda.is_available():
             raise UsageError("--backend vllm: needs a CUDA GPU (use --backend hf on the CPU)")
-        self.llm = LLM(model=model_path, dtype=dtype, trust_remote_code=trust_remote_code, seed=0)
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            seed=0,
+            load_format="safetensors" if safe["use_safetensors"] else "auto",
+        )
         self.tokenizer = self.llm.get_tokenizer()
         # vLLM schedules sequences itself; batch_size only sets how often progress is reported.
         self.chunk = max(batch_size, 1) * 8

@@ -27,7 +27,7 @@ from tdrm_cli import config
 from tdrm_cli.console import console
 from tdrm_cli.errors import UsageError
 from tdrm_cli.report import key_metric
-from tdrm_cli.runs import atomic_write_json, is_run_dir, read_manifest
+from tdrm_cli.runs import FolderLock, atomic_write_json, is_run_dir, read_manifest
 
 RECIPE_KEYS = {"root", "seed", "stages", "description"}
 STEP_KEYS = {"name", "stage", "args"}
@@ -74,7 +74,21 @@ def load_recipe(
             or "stage" not in raw
         ):
             raise UsageError(f"{where}: expected a mapping with name, stage and optional args")
-        step = Step(str(raw["name"]), str(raw["stage"]), dict(raw.get("args") or {}))
+        name, args = raw["name"], raw.get("args") or {}
+        if (
+            isinstance(name, bool)
+            or not isinstance(name, str | int)
+            or str(name) in ("", ".", "..")
+            or any(c in str(name) for c in "/\\")
+        ):
+            raise UsageError(
+                f"{where}: 'name' must be a plain folder name (written to <root>/<name>), got {name!r}"
+            )
+        if not isinstance(args, dict):
+            raise UsageError(
+                f"{where}: 'args' must be a mapping of stage options, got {type(args).__name__}"
+            )
+        step = Step(str(name), str(raw["stage"]), dict(args))
         if step.stage not in STAGES:
             raise UsageError(f"{where}: unknown stage '{step.stage}' (known: {', '.join(STAGES)})")
         if step.name in {s.name for s in steps}:
@@ -86,12 +100,13 @@ def load_recipe(
             if ref not in {s.name for s in steps}:
                 raise UsageError(f"{where}: '@{ref}' does not name an earlier stage")
         steps.append(step)
-    recipe = Recipe(
-        path,
-        Path(root or data.get("root") or f"runs/{path.stem}"),
-        int(seed if seed is not None else data.get("seed", 0)),
-        steps,
-    )
+    recipe_root = root or data.get("root") or f"runs/{path.stem}"
+    if not isinstance(recipe_root, str | Path):
+        raise UsageError(f"{path}: 'root' must be a folder path, got {type(recipe_root).__name__}")
+    recipe_seed = seed if seed is not None else data.get("seed", 0)
+    if isinstance(recipe_seed, bool) or not isinstance(recipe_seed, int):
+        raise UsageError(f"{path}: 'seed' must be an integer, got {recipe_seed!r}")
+    recipe = Recipe(path, Path(recipe_root), recipe_seed, steps)
     for step in steps:  # every stage config must build before anything runs
         build_step_config(recipe, step)
     return recipe
@@ -142,6 +157,15 @@ def step_status(recipe: Recipe, step: Step) -> str:
 
 def run_pipeline(recipe: Recipe, only: list[str] | None = None) -> Path:
     """Run every step in order; returns the recipe's root folder."""
+    recipe.root.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock.acquire(recipe.root, "--root")  # one pipeline per root; stages lock their own
+    try:
+        return _run_steps(recipe, only)
+    finally:
+        lock.release()
+
+
+def _run_steps(recipe: Recipe, only: list[str] | None) -> Path:
     from tdrm_cli.cli import STAGES
 
     timings: dict[str, float] = {}

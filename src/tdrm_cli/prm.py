@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tdrm_cli.errors import UsageError, first_line
+from tdrm_cli.generation import weights_kwargs
 from tdrm_cli.runs import resolve_model
 from tdrm_cli.steps import DEFAULT_SEPARATOR, build_prompt, encode_pieces, prompt_format
 
@@ -171,6 +172,7 @@ def load_value_model(
     role: str = "base",
     trust_remote_code: bool = False,
     dtype=None,
+    allow_pickle: bool = False,
 ):
     """`AutoModelForTokenClassification` with one label on top of a backbone (head new if absent)."""
     from transformers import AutoConfig, AutoModelForTokenClassification
@@ -187,8 +189,8 @@ def load_value_model(
         return AutoModelForTokenClassification.from_pretrained(
             model_path,
             config=config,
-            use_safetensors=True,
             trust_remote_code=trust_remote_code,
+            **weights_kwargs(model_path, allow_pickle),
             **kwargs,
         )
     except OSError as e:
@@ -282,8 +284,23 @@ def prm_meta(tokenizer: Any, policy_meta: dict[str, Any], **extra: Any) -> dict[
     }
 
 
+def _json_object(path: Path, role: str) -> dict[str, Any]:
+    """A JSON file of a model folder that must hold an object; anything else is a UsageError."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path} (--{role}): not valid JSON ({first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} (--{role}): expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def load_prm(
-    path_or_run: str | Path, role: str = "prm", dtype: Any = None, trust_remote_code: bool = False
+    path_or_run: str | Path,
+    role: str = "prm",
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> PRM:
     """A PRM from a train-prm run folder or a PRM model folder (refuses anything else).
 
@@ -297,16 +314,20 @@ def load_prm(
     meta_path = Path(model_dir) / PRM_META
     if not meta_path.is_file():
         raise UsageError(f"--{role} {path}: no {PRM_META} (not a PRM trained by tdrm train-prm)")
-    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    config = _json_object(Path(model_dir) / "config.json", role)
+    if not isinstance(config.get("model_type"), str) or not config["model_type"]:
+        raise UsageError(f"{Path(model_dir) / 'config.json'} (--{role}): no 'model_type'")
     archs = config.get("architectures") or []
     one_label = len(config.get("id2label") or {0: 0}) == 1
     if not any(a.endswith("ForTokenClassification") for a in archs) or not one_label:
         raise UsageError(
             f"--{role} {path}: config.json is not a one-label token-classification model"
         )
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = _json_object(meta_path, role)
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
-    model = load_value_model(model_dir, tokenizer.pad_token_id, role, trust_remote_code, dtype)
+    model = load_value_model(
+        model_dir, tokenizer.pad_token_id, role, trust_remote_code, dtype, allow_pickle
+    )
     return PRM(model.to(device), tokenizer, meta)

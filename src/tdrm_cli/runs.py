@@ -2,18 +2,23 @@
 
     runs/<name>/manifest.json   stage, status running|complete|failed, inputs, seed, versions, metrics
     runs/<name>/config.yaml     the fully resolved config
+    runs/<name>/.lock           while a process writes the folder: its pid and host
 
 Every file is written atomically (temp file in the same folder + rename). A run is
 `complete` only after its stage has put every artifact in place; stages refuse
-inputs that are not complete.
+inputs that are not complete. One process at a time writes a run folder: the lock is
+an advisory `flock` on `.lock`, which the kernel drops when its holder dies, so the
+lock of a killed run is stale by construction and the next `--resume` takes it over.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -28,6 +33,7 @@ from tdrm_cli.errors import UsageError
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
+LOCK = ".lock"
 
 
 def now() -> str:
@@ -65,6 +71,61 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[dist.replace("-cli", "")] = None
     return out
+
+
+# ---------------------------------------------------------------- one writer per folder
+
+
+class FolderLock:
+    """An exclusive, non-blocking lock on `folder/.lock`; the file says who holds it.
+
+    `flock` locks belong to the open file, so they vanish with a crashed (even `kill -9`ed)
+    holder: a `.lock` file that nobody has locked is stale and is simply taken over.
+    """
+
+    def __init__(self, folder: Path, fd: int):
+        self.folder, self.fd = folder, fd
+
+    @classmethod
+    def acquire(cls, folder: str | Path, what: str = "--out") -> FolderLock:
+        folder = Path(folder)
+        path = folder / LOCK
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 256).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                raise UsageError(
+                    f"{what} {folder}: in use by {holder} (one process writes a run folder at a time)"
+                ) from None
+            # The holder may have released and unlinked the file between our open and flock:
+            # then we hold a lock on a dead inode; start again on the current file.
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        stale = os.read(fd, 256).decode("utf-8", "replace").strip()
+        if stale:
+            from tdrm_cli.console import log
+
+            log(f"{folder}: taking over the stale lock of {stale} (no longer running)")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        return cls(folder, fd)
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            (self.folder / LOCK).unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = -1
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
@@ -115,10 +176,11 @@ def default_out(stage: str) -> Path:
 
 @dataclass
 class Run:
-    """A run folder being written by one stage."""
+    """A run folder being written by one stage (holding the folder's lock until it ends)."""
 
     path: Path
     manifest: dict[str, Any]
+    lock: FolderLock | None = None
 
     @property
     def resumed(self) -> bool:
@@ -151,13 +213,49 @@ class Run:
         )
         self.save_manifest()
 
+    def release(self) -> None:
+        """Let other processes write the folder (`run_stage` does this when the stage ends)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def check_inputs_unchanged(out: Path, manifest: dict[str, Any]) -> None:
+    """Refuse to resume a run whose input runs are no longer the ones it started from."""
+    for role, entry in (manifest.get("inputs") or {}).items():
+        if not isinstance(entry, dict) or not entry.get("sha256"):
+            continue
+        path = Path(str(entry.get("path")))
+        if is_run_dir(path) and manifest_sha256(path) != entry["sha256"]:
+            raise UsageError(
+                f"--out {out}: {MANIFEST}: input '{role}' ({path}) is not the run this one started "
+                f"from (manifest sha256 differs); start over with --overwrite"
+            )
+
 
 def prepare_run(stage: str, cfg: Any) -> Run:
-    """Create (or reopen with --resume) the run folder for `cfg.out`; refuse to clobber."""
+    """Create (or reopen with --resume) the run folder for `cfg.out`, locked; refuse to clobber."""
     out = Path(cfg.out) if cfg.out else default_out(stage)
     cfg.out = str(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
+    if cfg.resume and not is_run_dir(out):
+        raise UsageError(f"--out {out}: no run to resume")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock.acquire(out)
+    try:
+        manifest = _open_manifest(stage, cfg, out)
+    except BaseException:
+        lock.release()
+        raise
+    run = Run(out, manifest, lock)
+    run.save_manifest()
+    atomic_write_text(out / CONFIG, dump_yaml(cfg))
+    return run
+
+
+def _open_manifest(stage: str, cfg: Any, out: Path) -> dict[str, Any]:
+    """The manifest to start (or resume) with; the caller holds the folder's lock."""
     if is_run_dir(out):
         old = read_manifest(out)
         if old["stage"] != stage and not cfg.overwrite:
@@ -167,11 +265,9 @@ def prepare_run(stage: str, cfg: Any) -> Run:
         elif cfg.resume:
             if old["status"] == "complete":
                 raise UsageError(f"--out {out}: run is already complete (nothing to resume)")
+            check_inputs_unchanged(out, old)
             old.update(status="running", resumed=True, argv=sys.argv, error=None)
-            run = Run(out, old)
-            run.save_manifest()
-            atomic_write_text(out / CONFIG, dump_yaml(cfg))
-            return run
+            return old
         elif old["status"] == "complete":
             raise UsageError(
                 f"--out {out}: already holds a complete run (pass --overwrite to replace it)"
@@ -181,12 +277,9 @@ def prepare_run(stage: str, cfg: Any) -> Run:
                 f"--out {out}: holds a '{old['status']}' run (pass --resume to continue it "
                 f"or --overwrite to start over)"
             )
-    elif cfg.resume:
-        raise UsageError(f"--out {out}: no run to resume")
-    elif out.is_dir() and any(out.iterdir()):
+    elif any(child.name != LOCK for child in out.iterdir()):
         raise UsageError(f"--out {out}: folder is not empty and holds no tdrm run")
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = {
+    return {
         "stage": stage,
         "status": "running",
         "created": now(),
@@ -198,16 +291,14 @@ def prepare_run(stage: str, cfg: Any) -> Run:
         "metrics": {},
         "error": None,
     }
-    run = Run(out, manifest)
-    run.save_manifest()
-    atomic_write_text(out / CONFIG, dump_yaml(cfg))
-    return run
 
 
 def _clear(path: Path) -> None:
     import shutil
 
     for child in path.iterdir():
+        if child.name == LOCK:
+            continue
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:
@@ -220,11 +311,13 @@ def run_stage(stage: str, cfg: Any) -> Iterator[Run]:
     run = prepare_run(stage, cfg)
     try:
         yield run
+        if run.manifest["status"] != "complete":
+            run.complete()
     except BaseException as e:
         run.fail(e)
         raise
-    if run.manifest["status"] != "complete":
-        run.complete()
+    finally:
+        run.release()
 
 
 def list_runs(root: Path) -> list[tuple[Path, dict[str, Any]]]:

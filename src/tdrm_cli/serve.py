@@ -63,6 +63,7 @@ class ServeConfig:
     max_queue: int = 256
     max_request_bytes: int = 64 * 1024 * 1024
     trust_remote_code: bool = False
+    allow_pickle: bool = False
 
     def __post_init__(self) -> None:
         from tdrm_cli.prm import AGGREGATIONS
@@ -597,13 +598,10 @@ def run(cfg: ServeConfig) -> None:
 
     if not cfg.prm:
         raise UsageError("--prm is required")
-    if cfg.trust_remote_code:
-        # prm.load_prm takes no trust_remote_code yet: a PRM with custom code cannot load
-        log("--trust-remote-code: not supported by prm.load_prm yet; ignored")
     sock = bind(cfg.host, cfg.port)  # before the slow load: a taken port fails at once
     try:
         start = time.perf_counter()
-        prm = load_prm(cfg.prm)
+        prm = load_prm(cfg.prm, "prm", None, cfg.trust_remote_code, cfg.allow_pickle)
         task = load_task_for(cfg, prm)
         app = create_app(prm, cfg, task=task, model=str(cfg.prm))
         if cfg.api_key is None and not _loopback(cfg.host):

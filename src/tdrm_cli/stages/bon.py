@@ -55,8 +55,32 @@ def prm_labels(paths: list[str]) -> list[str]:
     return [f"{name}-{i}" if names.count(name) > 1 else name for i, name in enumerate(names)]
 
 
-def load_prms(paths: list[str]) -> list[PRM]:
-    return [load_prm(path, role="prm") for path in paths]
+def load_prms(cfg: BonConfig) -> list[PRM]:
+    return [
+        load_prm(path, "prm", None, cfg.trust_remote_code, cfg.allow_pickle) for path in cfg.prm
+    ]
+
+
+SAMPLE_COLUMNS = ("problem_id", "prompt", "gold", "sample_idx", "steps", "answer", "correct")
+
+
+def _sample_problem(row: dict[str, Any]) -> str | None:
+    """What makes one rollouts.parquet row unusable as a candidate, as "field 'F' ...", or None."""
+    for key in ("problem_id", "prompt", "gold"):
+        if not isinstance(row[key], str):
+            return f"field '{key}' is {row[key]!r}, expected text"
+    if isinstance(row["sample_idx"], bool) or not isinstance(row["sample_idx"], int):
+        return f"field 'sample_idx' is {row['sample_idx']!r}, expected an integer"
+    steps = row["steps"]
+    if steps is not None and (
+        not isinstance(steps, list) or not all(isinstance(s, str) for s in steps)
+    ):
+        return "field 'steps' is not a list of strings"
+    if row["answer"] is not None and not isinstance(row["answer"], str):
+        return f"field 'answer' is {row['answer']!r}, expected text or null"
+    if row["correct"] not in (0, 1):
+        return f"field 'correct' is {row['correct']!r}, expected 0 or 1"
+    return None
 
 
 def read_samples(cfg: BonConfig) -> list[dict[str, Any]]:
@@ -67,10 +91,19 @@ def read_samples(cfg: BonConfig) -> list[dict[str, Any]]:
     path = Path(cfg.samples) / "rollouts.parquet"
     if not path.is_file():
         raise UsageError(f"--samples {cfg.samples}: no rollouts.parquet")
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several unrelated types for a damaged file
+        raise UsageError(f"{path}: unreadable parquet ({type(e).__name__})") from None
+    missing = [c for c in SAMPLE_COLUMNS if c not in table.column_names]
+    if missing:
+        raise UsageError(f"{path}: missing column(s) {', '.join(missing)}")
     groups: dict[str, list[dict[str, Any]]] = {}
-    for row in pq.read_table(
-        path
-    ).to_pylist():  # pyarrow keeps a missing answer None (pandas makes it NaN)
+    # pyarrow keeps a missing answer None (pandas makes it NaN)
+    for i, row in enumerate(table.select(list(SAMPLE_COLUMNS)).to_pylist()):
+        problem = _sample_problem(row)
+        if problem:
+            raise UsageError(f"{path}: row {i} (problem {row['problem_id']}): {problem}")
         groups.setdefault(row["problem_id"], []).append(row)
     chosen = list(groups.items())[: cfg.problems]
     for problem_id, group in chosen:
@@ -107,6 +140,7 @@ def sample_candidates(cfg: BonConfig, model_path: str) -> tuple[list[dict[str, A
         model_path,
         batch_size=cfg.batch_size,
         trust_remote_code=cfg.trust_remote_code,
+        allow_pickle=cfg.allow_pickle,
     )
     meta = read_policy_meta(model_path)
     separator = meta.get("separator", DEFAULT_SEPARATOR)
@@ -280,7 +314,7 @@ def run(cfg: BonConfig) -> Path:
     else:
         rows = read_samples(cfg)
     labels = prm_labels(cfg.prm)
-    prms = load_prms(cfg.prm)
+    prms = load_prms(cfg)
     with run_stage("bon", cfg) as run:
         if cfg.policy is not None:
             run.add_input("policy", cfg.policy)

@@ -127,6 +127,7 @@ def load_policy(cfg: CollectConfig, model_path: str) -> Policy:
         model_path,
         batch_size=cfg.batch_size,
         trust_remote_code=cfg.trust_remote_code,
+        allow_pickle=cfg.allow_pickle,
     )
     meta = read_policy_meta(model_path)
     return Policy(

@@ -37,7 +37,11 @@ def sample_policy(cfg: EvalConfig, model_path: str) -> tuple[list[dict[str, Any]
     task = load_task(cfg.task)
     problems = task.problems(cfg.split, cfg.problems)
     backend = load_backend(
-        "hf", model_path, batch_size=cfg.batch_size, trust_remote_code=cfg.trust_remote_code
+        "hf",
+        model_path,
+        batch_size=cfg.batch_size,
+        trust_remote_code=cfg.trust_remote_code,
+        allow_pickle=cfg.allow_pickle,
     )
     meta = read_policy_meta(model_path)
     separator = meta.get("separator", DEFAULT_SEPARATOR)
@@ -229,7 +233,9 @@ def run(cfg: EvalConfig) -> Path:
     model_path = check_inputs(cfg)
     file_rows = read_steps_file(cfg.steps_file) if cfg.steps_file else None
     prms = {
-        Path(p).name or p: load_prm(p, "prm", trust_remote_code=cfg.trust_remote_code)
+        Path(p).name or p: load_prm(
+            p, "prm", trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle
+        )
         for p in cfg.prm
     }
     with run_stage("eval", cfg) as run:

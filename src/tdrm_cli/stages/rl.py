@@ -36,12 +36,20 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from tdrm_cli.checkpoints import NoFinalCheckpoint, last_checkpoint
 from tdrm_cli.config import RLConfig
 from tdrm_cli.console import console, log
 from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.prm import PRM, load_prm
 from tdrm_cli.rewards import OnlinePRMUpdate, PRMReward, VerifierReward
-from tdrm_cli.runs import Run, atomic_write_json, open_run, rank, resolve_model, world_size
+from tdrm_cli.runs import (
+    Run,
+    atomic_write_json,
+    open_run,
+    rank,
+    resolve_model,
+    world_size,
+)
 from tdrm_cli.steps import (
     DEFAULT_SEPARATOR,
     POLICY_META,
@@ -109,9 +117,14 @@ def load_policy_model(cfg: RLConfig, model_dir: str):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from tdrm_cli.generation import weights_kwargs
+
     try:  # float32 weights; on GPUs the trainer adds bf16 autocast
         return AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code
+            model_dir,
+            dtype=torch.float32,
+            trust_remote_code=cfg.trust_remote_code,
+            **weights_kwargs(model_dir, cfg.allow_pickle),
         )
     except (OSError, ValueError) as e:
         raise UsageError(
@@ -151,7 +164,8 @@ def load_reward_prm(cfg: RLConfig) -> PRM | None:
         log(f"--prm {cfg.prm}: unused by --reward rlvr without --prm-update online; ignored")
         return None
     # float32 when the PRM is trained online: bf16 AdamW steps on small values are too coarse
-    prm = load_prm(cfg.prm, dtype=torch.float32 if cfg.prm_update == "online" else None)
+    dtype = torch.float32 if cfg.prm_update == "online" else None
+    prm = load_prm(cfg.prm, "prm", dtype, cfg.trust_remote_code, cfg.allow_pickle)
     if torch.cuda.is_available():  # load_prm picks cuda:0; every rank wants its own GPU
         prm.model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))))
     return prm
@@ -380,20 +394,13 @@ class SaveCritic(TrainerCallback):
             torch.save(self.learner.state(), checkpoint / ONLINE_PRM_STATE)
 
 
-def last_checkpoint(run: Run) -> Path | None:
-    found = sorted(
-        (run.path / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1])
-    )
-    return found[-1] if found else None
-
-
 def resume_state(run: Run, checkpoint: Path | None, learner: OnlinePRMUpdate | None) -> list[dict]:
     """Restore the online PRM from `checkpoint`; the curve's points up to it (later ones are redone)."""
     import torch
 
     if checkpoint is None:
         return []
-    if learner is not None and (checkpoint / ONLINE_PRM_STATE).is_file():
+    if learner is not None:
         learner.load_state(
             torch.load(
                 checkpoint / ONLINE_PRM_STATE, map_location=learner.prm.device, weights_only=True
@@ -466,7 +473,8 @@ def run(cfg: RLConfig) -> Path:
         learner = online_learner(cfg, prm, writer)
         funcs, weights = reward_functions(cfg, task, separator, prm, learner and learner.observe)
         args = grpo_config(cfg, run, weights, report_to, extra)
-        checkpoint = last_checkpoint(run) if cfg.resume else None
+        required = (ONLINE_PRM_STATE,) if learner is not None else ()
+        checkpoint = last_checkpoint(run.path / "checkpoints", required) if cfg.resume else None
         points = resume_state(run, checkpoint, learner)
         curve = accuracy_curve(
             cfg, task, tokenizer, meta, problems_per_step(args), run, writer, points
@@ -485,7 +493,7 @@ def run(cfg: RLConfig) -> Path:
             args=args,
             train_dataset=dataset,
             processing_class=tokenizer,
-            callbacks=callbacks,
+            callbacks=[*callbacks, NoFinalCheckpoint()],
         )
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         trainer.accelerator.wait_for_everyone()  # no rank may still write a checkpoint when rank 0 cleans up

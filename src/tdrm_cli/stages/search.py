@@ -186,11 +186,15 @@ class HFStepPolicy:
         max_step_tokens: int = 48,
         trust_remote_code: bool = False,
         cache: bool = True,
+        allow_pickle: bool = False,
     ):
         from tdrm_cli.generation import HFBackend
 
         self.backend = HFBackend(
-            model_path, batch_size=batch_size, trust_remote_code=trust_remote_code
+            model_path,
+            batch_size=batch_size,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
         )
         self.tokenizer = self.backend.tokenizer
         self.meta = read_policy_meta(model_path)
@@ -581,7 +585,12 @@ def run(cfg: SearchConfig) -> Path:
     task = load_task(cfg.task)
     model_path, _ = resolve_model(cfg.policy, "policy")
     labels = prm_labels(cfg.prm)
-    prms = [load_prm(path, role="prm") for path in cfg.prm]
+    prms = [
+        load_prm(
+            path, "prm", trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle
+        )
+        for path in cfg.prm
+    ]
     problems = task.problems(cfg.split, cfg.problems)
     questions = [p.question for p in problems]
     with run_stage("search", cfg) as run:
@@ -596,6 +605,7 @@ def run(cfg: SearchConfig) -> Path:
                 cfg.top_p,
                 cfg.max_step_tokens,
                 cfg.trust_remote_code,
+                allow_pickle=cfg.allow_pickle,
             )
         except (OSError, ValueError) as e:
             first = first_line(e)

@@ -106,6 +106,8 @@ def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
     import torch
     from transformers import Trainer, TrainingArguments, set_seed
 
+    from tdrm_cli.checkpoints import NoFinalCheckpoint, last_checkpoint
+
     set_seed(cfg.seed)
     tokenizer = build_char_tokenizer()
     model = build_model(cfg, tokenizer)
@@ -138,9 +140,10 @@ def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
         args=args,
         train_dataset=dataset,
         data_collator=pad_collator(tokenizer.pad_token_id),
+        callbacks=[NoFinalCheckpoint()],
     )
-    resume = cfg.resume and any(ckpt_dir.glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    checkpoint = last_checkpoint(ckpt_dir) if cfg.resume else None
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     model_dir = run.path / "model"
     trainer.model.save_pretrained(str(model_dir))  # safetensors only; no pickled training_args.bin
     tokenizer.save_pretrained(str(model_dir))

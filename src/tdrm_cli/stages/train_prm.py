@@ -11,6 +11,7 @@ global `--batch-size` across ranks; only rank 0 writes the run folder.
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 from pathlib import Path
@@ -55,12 +56,66 @@ def _row_name(frame, i: int) -> str:
     return f"row {i} (problem {row['problem_id']}{sample})"
 
 
-def _as_list(value: Any) -> list | None:
-    return None if value is None else list(value)
+def _is_list(value: Any) -> bool:
+    """A list cell as pandas reads it from Parquet (a numpy array), or a plain list/tuple."""
+    import numpy as np
+
+    return isinstance(value, list | tuple | np.ndarray)
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _is_number(value: Any) -> bool:
+    import numpy as np
+
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
+
+
+def _shown(value: Any) -> str:
+    """repr() of a cell, numpy scalars shown as the Python value they hold."""
+    return repr(value.item() if hasattr(value, "item") and not _is_list(value) else value)
+
+
+def _row_problem(row: dict[str, Any], loss_needs_labels: bool) -> str | None:
+    """What is wrong with one rollout row, as "field 'F' ...", or None when it is usable."""
+    if _is_null(row["problem_id"]):
+        return "field 'problem_id' is empty"
+    if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+        got = "empty" if _is_null(row["prompt"]) else f"a {type(row['prompt']).__name__}"
+        return f"field 'prompt' is {got}, expected the question text"
+    correct = row["correct"]
+    if not _is_number(correct) or correct not in (0, 1):
+        return f"field 'correct' is {_shown(correct)}, expected 0 or 1"
+    steps = row["steps"]
+    if steps is not None and (not _is_list(steps) or not all(isinstance(s, str) for s in steps)):
+        got = f"a {type(steps).__name__}" if not _is_list(steps) else "a list holding non-strings"
+        return f"field 'steps' is {got}, expected a list of strings"
+    labels = row.get("step_labels")
+    if labels is None:
+        return "field 'step_labels' is empty, but --loss mc needs it" if loss_needs_labels else None
+    if not _is_list(labels):
+        return f"field 'step_labels' is a {type(labels).__name__}, expected a list of numbers"
+    n_steps = 0 if steps is None else len(steps)
+    if len(labels) != n_steps:
+        return f"field 'step_labels' has {len(labels)} labels for {n_steps} steps"
+    for j, label in enumerate(labels):
+        if not _is_number(label):
+            return f"field 'step_labels' holds {_shown(label)} at step {j}, expected a number"
+        if math.isnan(label):
+            return f"field 'step_labels' is NaN at step {j}"
+        if not 0.0 <= label <= 1.0:
+            return f"field 'step_labels' is {_shown(label)} at step {j}, expected a value in [0, 1]"
+    return None
 
 
 def load_rollouts(cfg: TrainPRMConfig):
-    """The collect run's rollouts, checked for what `--loss` needs; rows without steps dropped."""
+    """(the collect run's rollouts with steps, how many rows without steps were dropped).
+
+    Every row is checked for what `--loss` needs; a bad one is a UsageError naming it."""
     import pandas as pd
 
     require_complete(cfg.data, "data", "collect")
@@ -74,44 +129,32 @@ def load_rollouts(cfg: TrainPRMConfig):
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise UsageError(f"{path}: missing column(s) {', '.join(missing)}")
-    frame = frame.reset_index(drop=True)
-    frame["steps"] = [
-        [str(s) for s in steps] if steps is not None else [] for steps in frame["steps"]
-    ]
-    for column in ("step_labels", "step_truth"):
-        frame[column] = [_as_list(v) for v in frame[column]] if column in frame.columns else None
-    bad = next((i for i, c in enumerate(frame["correct"]) if c not in (0, 1)), None)
-    if bad is not None:
-        raise UsageError(
-            f"{path}: {_row_name(frame, bad)} has correct={frame['correct'][bad]!r}, expected 0 or 1"
-        )
-    _check_step_labels(frame, path, cfg)
-    empty = sum(len(s) == 0 for s in frame["steps"])
-    if empty:
-        log(f"skipping {empty} rollouts without steps (nothing to score)")
-        frame = frame[[len(s) > 0 for s in frame["steps"]]].reset_index(drop=True)
     if frame.empty:
-        raise UsageError(f"{path}: no rollouts with steps to train on")
-    return frame
-
-
-def _check_step_labels(frame, path: Path, cfg: TrainPRMConfig) -> None:
+        raise UsageError(f"{path}: no rows")
+    frame = frame.reset_index(drop=True)
     needed_by = "--loss mc" if cfg.loss == "mc" else "--td-mix" if cfg.td_mix is not None else None
-    labels = frame["step_labels"]
-    if needed_by and all(v is None for v in labels):
+    if needed_by and (
+        "step_labels" not in frame.columns or all(v is None for v in frame["step_labels"])
+    ):
         raise UsageError(
             f"{path}: no step_labels (collect with --mc-rollouts > 0), but {needed_by} needs them"
         )
-    for i, (steps, row_labels) in enumerate(zip(frame["steps"], labels, strict=True)):
-        if row_labels is None:
-            if cfg.loss == "mc":
-                raise UsageError(
-                    f"{path}: {_row_name(frame, i)} has no step_labels, but --loss mc needs them"
-                )
-        elif len(row_labels) != len(steps):
-            raise UsageError(
-                f"{path}: {_row_name(frame, i)} has {len(row_labels)} step_labels for {len(steps)} steps"
-            )
+    columns = [c for c in (*REQUIRED_COLUMNS, "step_labels") if c in frame.columns]
+    for i, row in enumerate(frame[columns].itertuples(index=False, name=None)):
+        problem = _row_problem(dict(zip(columns, row, strict=True)), cfg.loss == "mc")
+        if problem:
+            raise UsageError(f"{path}: {_row_name(frame, i)}: {problem}")
+    frame["steps"] = [[] if steps is None else list(steps) for steps in frame["steps"]]
+    for column in ("step_labels", "step_truth"):
+        frame[column] = [_as_list(v) for v in frame[column]] if column in frame.columns else None
+    keep = [len(s) > 0 for s in frame["steps"]]
+    if not any(keep):
+        raise UsageError(f"{path}: no rollouts with steps to train on (all {len(frame)} have none)")
+    return frame[keep].reset_index(drop=True), len(keep) - sum(keep)
+
+
+def _as_list(value: Any) -> list | None:
+    return None if value is None or not _is_list(value) else list(value)
 
 
 def split_by_problem(frame, fraction: float, seed: int):
@@ -230,12 +273,19 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
     import torch
     from transformers import set_seed
 
+    from tdrm_cli.checkpoints import NoFinalCheckpoint, last_checkpoint
+
     set_seed(cfg.seed)  # the new head's initialisation
     tokenizer = load_tokenizer(base, cfg.trust_remote_code)
     # float32 master weights whatever the checkpoint holds (transformers 5 loads dtype="auto");
     # bf16 on a GPU comes from the Trainer's autocast.
     model = load_value_model(
-        base, tokenizer.pad_token_id, "base", cfg.trust_remote_code, dtype=torch.float32
+        base,
+        tokenizer.pad_token_id,
+        "base",
+        cfg.trust_remote_code,
+        dtype=torch.float32,
+        allow_pickle=cfg.allow_pickle,
     )
     meta = prm_meta(
         tokenizer,
@@ -258,13 +308,12 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
         train_dataset=items,
         data_collator=StepCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=[*callbacks, NoFinalCheckpoint()],
         targets=Targets.from_config(cfg),
         target_refresh=cfg.target_refresh,
     )
-    ckpt_dir = run.path / "checkpoints"
-    resume = cfg.resume and any(ckpt_dir.glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    checkpoint = last_checkpoint(run.path / "checkpoints") if cfg.resume else None
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.accelerator.wait_for_everyone()  # no rank may still write a checkpoint when rank 0 cleans up
     trained = trainer.accelerator.unwrap_model(trainer.model)
     if cfg.lora_r:
@@ -340,7 +389,7 @@ def heldout_metrics(prm: PRM, frame, targets: Targets) -> dict[str, Any]:
 
 
 def run(cfg: TrainPRMConfig) -> Path:
-    frame = load_rollouts(cfg)
+    frame, without_steps = load_rollouts(cfg)
     base_ref, base = resolve_base(cfg, frame)
     check_causal_lm(base, "base", cfg.trust_remote_code)
     if world_size() > 1 and cfg.out is None:
@@ -360,6 +409,8 @@ def run(cfg: TrainPRMConfig) -> Path:
         run.add_input("data", cfg.data)
         run.add_input("base", base_ref)
         if rank() == 0:
+            if without_steps:  # logged once every input has passed its checks
+                log(f"skipping {without_steps} rollouts without steps (nothing to score)")
             log(
                 f"train-prm: {len(train_frame)} train / {len(eval_frame)} held-out rollouts, base {base}, "
                 f"target {target}, gamma {cfg.gamma}, {world_size()} process(es)"
