@@ -20,6 +20,17 @@ def invoke(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+def one_line_error(result, *needles) -> str:
+    """The single `error: ...` line of a failed command (exit 2, no traceback) holding `needles`."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    for needle in needles:
+        assert str(needle) in lines[0], (str(needle), lines[0])
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def tiny_policy(tmp_path_factory):
     """A `tdrm sft` run on a tiny budget: a real, complete policy run folder."""

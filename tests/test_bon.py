@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import invoke
+from conftest import invoke, one_line_error
 from tdrm_cli.config import TrainPRMConfig
 from tdrm_cli.runs import prepare_run
 from test_train_prm import make_collect_run
@@ -42,13 +42,6 @@ def make_prm_run(path: Path, policy_run: Path, status: str = "complete") -> Path
     if status == "complete":
         run.complete({})
     return path
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

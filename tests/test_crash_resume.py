@@ -83,36 +83,45 @@ def test_collect_killed_then_resumed_is_byte_identical(tiny_policy, tmp_path):
     assert not (crashed / ".lock").exists() and not (crashed / "shards").exists()
 
 
-def weights(run: Path):
+def weight_gap(run: Path, other: Path) -> float:
+    """Largest |difference| between the `model/` weights of two runs (same tensor names)."""
     from safetensors.torch import load_file
 
-    (path,) = (run / "model").glob("*.safetensors")
-    return load_file(path)
+    a, b = (load_file(next((r / "model").glob("*.safetensors"))) for r in (run, other))
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def killed_at_a_checkpoint_then_resumed(
+    stage: str, args: tuple, checkpoints: list[int], max_delay: float, tmp_path: Path
+) -> tuple[Path, str]:
+    """Run `stage` to completion in tmp_path/ref and, beside it, once killed at a random
+    point after one of `checkpoints` and resumed in tmp_path/crashed; (crashed, the draw)."""
+    draw = random.Random()
+    after, delay = draw.choice(checkpoints), draw.uniform(0.0, max_delay)
+    what = f"{stage} killed {delay:.2f} s after checkpoint-{after}"
+    reference = tdrm(stage, *args, "--out", tmp_path / "ref")
+    crashed = tmp_path / "crashed"
+    victim = tdrm(stage, *args, "--out", crashed)
+    state = crashed / "checkpoints" / f"checkpoint-{after}" / "trainer_state.json"
+    kill_when(victim, state.is_file, delay, what)
+    assert read_manifest(crashed)["status"] == "running", what
+    finish(tdrm(stage, *args, "--out", crashed, "--resume"))
+    finish(reference)
+    return crashed, what
 
 
 def test_train_prm_killed_then_resumed_matches(tiny_collect, tmp_path):
     args = ("--data", tiny_collect, "--max-steps", "20", "--save-steps", "4", "--batch-size", "4",
             "--logging-steps", "1", "--report-to", "none", "--seed", "4")  # fmt: skip
-    draw = random.Random()
-    after, delay = draw.choice([4, 8]), draw.uniform(0.0, 0.5)
-    what = f"train-prm killed {delay:.2f} s after checkpoint-{after}"
-    reference = tdrm("train-prm", *args, "--out", tmp_path / "ref")
-    crashed = tmp_path / "crashed"
-    victim = tdrm("train-prm", *args, "--out", crashed)
-    checkpoint = crashed / "checkpoints" / f"checkpoint-{after}" / "trainer_state.json"
-    kill_when(victim, checkpoint.is_file, delay, what)
-    assert read_manifest(crashed)["status"] == "running", what
-    finish(tdrm("train-prm", *args, "--out", crashed, "--resume"))
-    finish(reference)
+    crashed, what = killed_at_a_checkpoint_then_resumed("train-prm", args, [4, 8], 0.5, tmp_path)
     got = json.loads((crashed / "metrics.json").read_text())
     want = json.loads((tmp_path / "ref" / "metrics.json").read_text())
     assert got["train_steps"] == want["train_steps"] == 20, what
     for key in ("step_auroc", "outcome_auroc", "td_error"):
         if isinstance(want.get(key), float):
             assert abs(got[key] - want[key]) < 1e-3, (what, key, got[key], want[key])
-    a, b = weights(crashed), weights(tmp_path / "ref")
-    assert a.keys() == b.keys()
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    worst = weight_gap(crashed, tmp_path / "ref")
     assert worst < 1e-4, (what, worst)
     assert not (crashed / "checkpoints").exists()
 
@@ -160,21 +169,11 @@ def test_rl_killed_then_resumed_matches(tiny_policy, tmp_path):
             "--num-generations", "2", "--max-steps", "6", "--max-completion-length", "16",
             "--save-steps", "2", "--eval-problems", "2", "--eval-every", "2",
             "--report-to", "none", "--seed", "3")  # fmt: skip
-    draw = random.Random()
-    after, delay = draw.choice([2, 4]), draw.uniform(0.0, 1.0)
-    what = f"rl killed {delay:.2f} s after checkpoint-{after}"
-    reference = tdrm("rl", *args, "--out", tmp_path / "ref")
-    crashed = tmp_path / "crashed"
-    victim = tdrm("rl", *args, "--out", crashed)
-    checkpoint = crashed / "checkpoints" / f"checkpoint-{after}" / "trainer_state.json"
-    kill_when(victim, checkpoint.is_file, delay, what)
-    finish(tdrm("rl", *args, "--out", crashed, "--resume"))
-    finish(reference)
+    crashed, what = killed_at_a_checkpoint_then_resumed("rl", args, [2, 4], 1.0, tmp_path)
     got, want = (read_manifest(p)["metrics"] for p in (crashed, tmp_path / "ref"))
     assert got["train_steps"] == want["train_steps"] == 6, what
     assert got["pass@1"] == want["pass@1"], what
-    a, b = weights(crashed), weights(tmp_path / "ref")
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    worst = weight_gap(crashed, tmp_path / "ref")
     assert worst < 1e-4, (what, worst)
 
 
@@ -213,5 +212,4 @@ def test_pipeline_killed_then_rerun_matches(tmp_path):
         for r in ("crashed", "ref")
     )
     pd.testing.assert_frame_equal(got, want)
-    a, b = weights(tmp_path / "crashed" / "prm"), weights(tmp_path / "ref" / "prm")
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5, what
+    assert weight_gap(tmp_path / "crashed" / "prm", tmp_path / "ref" / "prm") < 1e-5, what

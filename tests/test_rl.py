@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import invoke
+from conftest import invoke, one_line_error
 from tdrm_cli.stages import rl
 from tdrm_cli.tasks.arith import ArithTask
 
@@ -288,16 +288,6 @@ def test_yaml_config_reaches_grpo(tmp_path):
 
 
 # ---------------------------------------------------------------- bad input
-
-
-def one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    line = result.stderr.strip()
-    assert "\n" not in line and line.startswith("error: ") and "Traceback" not in result.output, (
-        line
-    )
-    for needle in needles:
-        assert needle in line, line
 
 
 def test_reward_prm_needs_a_prm(tiny_policy, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import invoke
+from conftest import invoke, one_line_error
 from tdrm_cli.config import CollectConfig
 from tdrm_cli.runs import prepare_run, read_manifest
 from tdrm_cli.tasks.arith import ArithTask
@@ -262,13 +262,6 @@ def test_first_losses_match_recorded_values(variant, data, tiny_base, tmp_path):
 
 
 # ---------------------------------------------------------------- bad input
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
-    return lines[0]
 
 
 def test_mc_loss_needs_step_labels(unlabeled, tmp_path):

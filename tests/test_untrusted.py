@@ -6,15 +6,8 @@ import shutil
 
 import pytest
 
-from conftest import invoke
+from conftest import invoke, one_line_error
 from tdrm_cli.runs import read_manifest
-
-
-def one_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +29,7 @@ COLLECT = ("--problems", "2", "--n", "2", "--mc-rollouts", "0", "--max-new-token
 
 def test_pickle_weights_are_refused_by_default(pickled_policy, tmp_path):
     out = tmp_path / "c"
-    line = one_line(invoke("collect", "--policy", pickled_policy, "--out", out, *COLLECT))
+    line = one_line_error(invoke("collect", "--policy", pickled_policy, "--out", out, *COLLECT))
     assert str(pickled_policy / "pytorch_model.bin") in line and "--allow-pickle" in line
     assert not out.exists() or read_manifest(out)["status"] != "complete"
 
@@ -67,13 +60,13 @@ def test_pickle_prm_is_refused_by_bon(pickled_policy, tiny_policy, tiny_prm, tmp
     torch.save(load_file(weights), prm / "pytorch_model.bin")
     weights.unlink()
     args = ("--policy", tiny_policy, "--prm", prm, "--problems", "1", "--n", "2")
-    line = one_line(invoke("bon", *args, "--out", tmp_path / "b"))
+    line = one_line_error(invoke("bon", *args, "--out", tmp_path / "b"))
     assert str(prm / "pytorch_model.bin") in line
 
 
 def test_yaml_cannot_construct_python_objects(tmp_path):
     evil = tmp_path / "evil.yaml"
     evil.write_text("seed: !!python/object/apply:os.system ['touch pwned']\n")
-    line = one_line(invoke("sft", "--config", evil, "--out", tmp_path / "r"))
+    line = one_line_error(invoke("sft", "--config", evil, "--out", tmp_path / "r"))
     assert str(evil) in line
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "r").exists()

@@ -30,7 +30,6 @@ from tdrm_cli.prm import PRM, aggregate, load_prm
 from tdrm_cli.runs import (
     atomic_write_bytes,
     atomic_write_json,
-    require_complete,
     resolve_model,
     run_stage,
 )
@@ -85,19 +84,9 @@ def _sample_problem(row: dict[str, Any]) -> str | None:
 
 def read_samples(cfg: BonConfig) -> list[dict[str, Any]]:
     """The first `--problems` problems of a collect run, `--n` rollouts each (by sample_idx)."""
-    import pyarrow.parquet as pq
+    from tdrm_cli.stages.collect import rollouts_table
 
-    require_complete(cfg.samples, "samples", "collect")
-    path = Path(cfg.samples) / "rollouts.parquet"
-    if not path.is_file():
-        raise UsageError(f"--samples {cfg.samples}: no rollouts.parquet")
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several unrelated types for a damaged file
-        raise UsageError(f"{path}: unreadable parquet ({type(e).__name__})") from None
-    missing = [c for c in SAMPLE_COLUMNS if c not in table.column_names]
-    if missing:
-        raise UsageError(f"{path}: missing column(s) {', '.join(missing)}")
+    path, table = rollouts_table(cfg.samples, "samples", SAMPLE_COLUMNS)
     groups: dict[str, list[dict[str, Any]]] = {}
     # pyarrow keeps a missing answer None (pandas makes it NaN)
     for i, row in enumerate(table.select(list(SAMPLE_COLUMNS)).to_pylist()):

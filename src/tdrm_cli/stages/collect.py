@@ -36,6 +36,7 @@ from tdrm_cli.runs import (
     atomic_write_json,
     is_run_dir,
     manifest_sha256,
+    require_complete,
     resolve_model,
     run_stage,
 )
@@ -108,6 +109,28 @@ def read_rollouts(path: str | Path):
     path = Path(path)
     table = pq.read_table(path / ROLLOUTS if path.is_dir() else path)
     return pd.DataFrame(table.to_pydict(), columns=list(COLUMNS))
+
+
+def rollouts_table(run: str | Path, role: str, columns: tuple[str, ...]):
+    """(path, pyarrow Table) of the `rollouts.parquet` of a complete collect run given as `--role`.
+
+    An incomplete run, a missing or damaged file, or a missing one of `columns` is a
+    one-line UsageError naming the file.
+    """
+    import pyarrow.parquet as pq
+
+    require_complete(run, role, "collect")
+    path = Path(run) / ROLLOUTS
+    if not path.is_file():
+        raise UsageError(f"--{role} {run}: no {ROLLOUTS}")
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several unrelated types for a damaged file
+        raise UsageError(f"{path}: unreadable parquet ({type(e).__name__})") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise UsageError(f"{path}: missing column(s) {', '.join(missing)}")
+    return path, table
 
 
 @dataclass

@@ -37,13 +37,11 @@ from tdrm_cli.runs import (
     atomic_write_json,
     open_run,
     rank,
-    require_complete,
     resolve_model,
     world_size,
 )
 from tdrm_cli.steps import read_policy_meta
 
-ROLLOUTS = "rollouts.parquet"
 REQUIRED_COLUMNS = ("problem_id", "prompt", "steps", "correct")
 
 
@@ -116,19 +114,10 @@ def load_rollouts(cfg: TrainPRMConfig):
     """(the collect run's rollouts with steps, how many rows without steps were dropped).
 
     Every row is checked for what `--loss` needs; a bad one is a UsageError naming it."""
-    import pandas as pd
+    from tdrm_cli.stages.collect import rollouts_table
 
-    require_complete(cfg.data, "data", "collect")
-    path = Path(cfg.data) / ROLLOUTS
-    if not path.is_file():
-        raise UsageError(f"--data {cfg.data}: no {ROLLOUTS}")
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as e:  # pyarrow raises several unrelated types for a damaged file
-        raise UsageError(f"{path}: unreadable parquet ({type(e).__name__})") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise UsageError(f"{path}: missing column(s) {', '.join(missing)}")
+    path, table = rollouts_table(cfg.data, "data", REQUIRED_COLUMNS)
+    frame = table.to_pandas()
     if frame.empty:
         raise UsageError(f"{path}: no rows")
     frame = frame.reset_index(drop=True)
