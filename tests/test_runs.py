@@ -143,3 +143,18 @@ def test_resume_refuses_an_input_that_changed(tmp_path):
         prepare_run("collect", cfg)
     assert read_manifest(tmp_path / "c")["status"] == "failed"
     assert not (tmp_path / "c" / ".lock").exists()
+
+
+def test_runs_listing_tells_running_from_interrupted(tmp_path):
+    alive = hold_lock_in_child(tmp_path / "alive")
+    dead = hold_lock_in_child(tmp_path / "dead")
+    os.kill(dead.pid, signal.SIGKILL)
+    dead.wait()
+    try:
+        result = invoke("runs", tmp_path)
+        assert result.exit_code == 0, result.output
+        rows = {line.split()[1]: line for line in result.stderr.splitlines() if " sft " in line}
+        assert "running" in rows["alive"] and "interrupted" in rows["dead"], result.stderr
+    finally:
+        alive.kill()
+        alive.wait()

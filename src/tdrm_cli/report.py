@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from tdrm_cli.console import console
-from tdrm_cli.runs import list_runs, versions
+from tdrm_cli.runs import list_runs, versions, writer_alive
 
 KEY_METRICS = ("pass@1", "step_auroc", "accuracy", "pass@n", "train_loss")
 
@@ -28,13 +28,15 @@ def runs_table(root: Path) -> None:
     table = Table(title=f"runs in {root}")
     for column in ("name", "stage", "status", "created", "key metric", "parent"):
         table.add_column(column)
-    colors = {"complete": "green", "running": "yellow", "failed": "red"}
+    colors = {"complete": "green", "running": "yellow", "failed": "red", "interrupted": "red"}
     for path, manifest in list_runs(root):
         inputs = manifest.get("inputs") or {}
         parent = ", ".join(
             Path(v["path"]).name for v in inputs.values() if isinstance(v, dict) and v.get("path")
         )
         status = manifest.get("status", "?")
+        if status == "running" and writer_alive(path) is False:
+            status = "interrupted"  # its process died: continue it with --resume
         table.add_row(
             str(path.relative_to(root)),
             str(manifest.get("stage")),

@@ -128,6 +128,29 @@ class FolderLock:
             self.fd = -1
 
 
+def writer_alive(folder: str | Path) -> bool | None:
+    """Whether the process named in `folder/.lock` still runs: None when it is on another host.
+
+    Read-only (it never takes the lock), for listings: a `running` run whose writer is gone
+    was interrupted and waits for `--resume`.
+    """
+    try:
+        words = (Path(folder) / LOCK).read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        return False
+    if len(words) != 4 or words[0] != "pid" or not words[1].isdigit():
+        return False
+    if words[3] != socket.gethostname():
+        return None
+    try:
+        os.kill(int(words[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / MANIFEST
     try:
