@@ -58,11 +58,11 @@ def kill_when(proc: subprocess.Popen, ready, delay: float, what: str) -> None:
 
 
 def test_collect_killed_then_resumed_is_byte_identical(tiny_policy, tmp_path):
-    shards = 6
+    shards = 8
     args = ("--policy", tiny_policy, "--problems", shards, "--n", "3", "--mc-rollouts", "2",
             "--max-new-tokens", "60", "--shard-size", "1", "--batch-size", "32", "--seed", "11")  # fmt: skip
     draw = random.Random()
-    after, delay = draw.randint(1, shards - 2), draw.uniform(0.0, 0.3)
+    after, delay = draw.randint(1, shards - 3), draw.uniform(0.0, 0.3)
     what = f"collect killed {delay:.2f} s after shard {after} of {shards}"
     reference = tdrm("collect", *args, "--out", tmp_path / "ref")
     crashed = tmp_path / "crashed"
@@ -112,12 +112,14 @@ def killed_at_a_checkpoint_then_resumed(
 
 
 def test_train_prm_killed_then_resumed_matches(tiny_collect, tmp_path):
-    args = ("--data", tiny_collect, "--max-steps", "20", "--save-steps", "4", "--batch-size", "4",
+    args = ("--data", tiny_collect, "--max-steps", "40", "--save-steps", "4", "--batch-size", "4",
             "--logging-steps", "1", "--report-to", "none", "--seed", "4")  # fmt: skip
-    crashed, what = killed_at_a_checkpoint_then_resumed("train-prm", args, [4, 8], 0.5, tmp_path)
+    crashed, what = killed_at_a_checkpoint_then_resumed(
+        "train-prm", args, [4, 8, 12], 0.3, tmp_path
+    )
     got = json.loads((crashed / "metrics.json").read_text())
     want = json.loads((tmp_path / "ref" / "metrics.json").read_text())
-    assert got["train_steps"] == want["train_steps"] == 20, what
+    assert got["train_steps"] == want["train_steps"] == 40, what
     for key in ("step_auroc", "outcome_auroc", "td_error"):
         if isinstance(want.get(key), float):
             assert abs(got[key] - want[key]) < 1e-3, (what, key, got[key], want[key])
