@@ -86,6 +86,20 @@ def test_complete_stage_with_other_settings_is_refused(tmp_path):
     assert "complete, but run with max_steps=2 where the recipe now says 3" in result.stderr
 
 
+def test_complete_stage_from_before_a_new_option_is_still_skipped(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"root: {tmp_path / 'runs'}\nstages:\n  - {{name: a, stage: sft, args: {TINY_SFT}}}\n"
+    )
+    assert invoke("pipeline", recipe).exit_code == 0
+    saved = tmp_path / "runs" / "a" / "config.yaml"
+    lines = saved.read_text().splitlines(keepends=True)
+    saved.write_text("".join(line for line in lines if not line.startswith("heads:")))
+    result = invoke("pipeline", recipe)  # as if `heads` were added to sft after this run
+    assert result.exit_code == 0, result.stderr
+    assert "a: complete, skipped" in result.stderr
+
+
 def test_second_pipeline_on_the_same_root_is_refused(tmp_path):
     from tdrm_cli.runs import FolderLock
 

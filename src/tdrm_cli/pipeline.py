@@ -139,8 +139,11 @@ def check_same_settings(recipe: Recipe, step: Step) -> None:
     """Refuse to skip a complete stage whose saved config differs from the recipe's."""
     saved = config.load_yaml(recipe.root / step.name / "config.yaml")
     wanted = config.to_dict(build_step_config(recipe, step))
+    # A key the saved config lacks is an option added since that run: it ran without it.
     changed = [
-        k for k in wanted if k not in ("out", "resume", "overwrite") and saved.get(k) != wanted[k]
+        k
+        for k in wanted
+        if k not in ("out", "resume", "overwrite") and k in saved and saved[k] != wanted[k]
     ]
     if changed:
         key = changed[0]
