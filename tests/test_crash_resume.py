@@ -168,12 +168,12 @@ def test_unfinished_checkpoint_is_skipped_and_removed(tmp_path):
 @pytest.mark.slow
 def test_rl_killed_then_resumed_matches(tiny_policy, tmp_path):
     args = ("--policy", tiny_policy, "--reward", "rlvr", "--problems", "8", "--batch-size", "2",
-            "--num-generations", "2", "--max-steps", "6", "--max-completion-length", "16",
+            "--num-generations", "2", "--max-steps", "12", "--max-completion-length", "16",
             "--save-steps", "2", "--eval-problems", "2", "--eval-every", "2",
             "--report-to", "none", "--seed", "3")  # fmt: skip
-    crashed, what = killed_at_a_checkpoint_then_resumed("rl", args, [2, 4], 1.0, tmp_path)
+    crashed, what = killed_at_a_checkpoint_then_resumed("rl", args, [2, 4, 6], 0.3, tmp_path)
     got, want = (read_manifest(p)["metrics"] for p in (crashed, tmp_path / "ref"))
-    assert got["train_steps"] == want["train_steps"] == 6, what
+    assert got["train_steps"] == want["train_steps"] == 12, what
     assert got["pass@1"] == want["pass@1"], what
     worst = weight_gap(crashed, tmp_path / "ref")
     assert worst < 1e-4, (what, worst)
