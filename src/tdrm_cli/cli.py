@@ -193,13 +193,9 @@ def serve_command(
     trust_remote_code: bool = typer.Option(
         False,
         "--trust-remote-code",
-        help="Allow model code from the model folder (off by default).",
+        help=config.TRUST_REMOTE_CODE_HELP,
     ),
-    allow_pickle: bool = typer.Option(
-        False,
-        "--allow-pickle",
-        help="Load pickle weights (.bin/.pt) of a model without safetensors (pickle can run code).",
-    ),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=config.ALLOW_PICKLE_HELP),
 ) -> None:
     """Serve a PRM over HTTP: OpenRLHF /get_reward, /score, /health, /info (see README)."""
     from tdrm_cli import serve

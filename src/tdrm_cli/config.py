@@ -27,6 +27,13 @@ def opt(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
+# The two model-loading trust switches, shared by every stage that loads models and `serve`.
+TRUST_REMOTE_CODE_HELP = "Allow model code from the model folder (off by default)."
+ALLOW_PICKLE_HELP = (
+    "Load pickle weights (.bin/.pt) of a model without safetensors (pickle can run code)."
+)
+
+
 def _check(cond: bool, message: str) -> None:
     if not cond:
         raise UsageError(message)
@@ -95,11 +102,8 @@ class CollectConfig(RunConfig):
     batch_size: int = opt(64, "Sequences per generation batch.")
     backend: str = opt("hf", "Generation backend: hf or vllm.")
     shard_size: int = opt(25, "Problems per shard written to disk (the unit of --resume).")
-    trust_remote_code: bool = opt(False, "Allow model code from the model folder (off by default).")
-    allow_pickle: bool = opt(
-        False,
-        "Load pickle weights (.bin/.pt) of a model without safetensors (pickle can run code).",
-    )
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
+    allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -148,11 +152,8 @@ class TrainPRMConfig(RunConfig):
     )
     save_steps: int = opt(200, "Checkpoint every this many optimizer steps (for --resume).")
     agg: str = opt("min", "Default aggregation recorded with the PRM: min, last, prod or mean.")
-    trust_remote_code: bool = opt(False, "Allow model code from the model folder (off by default).")
-    allow_pickle: bool = opt(
-        False,
-        "Load pickle weights (.bin/.pt) of a model without safetensors (pickle can run code).",
-    )
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
+    allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -248,11 +249,8 @@ class RLConfig(RunConfig):
     report_to: str = opt("tensorboard", "Trainer logging integration (tensorboard, wandb, none).")
     logging_steps: int = opt(1, "Log rewards, loss and KL every this many steps.")
     save_steps: int = opt(50, "Checkpoint every this many steps (for --resume).")
-    trust_remote_code: bool = opt(False, "Allow model code from the model folder (off by default).")
-    allow_pickle: bool = opt(
-        False,
-        "Load pickle weights (.bin/.pt) of a model without safetensors (pickle can run code).",
-    )
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
+    allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -346,11 +344,8 @@ class BonConfig(RunConfig):
     max_new_tokens: int = opt(128, "Token limit per solution.")
     batch_size: int = opt(64, "Sequences per generation / PRM scoring batch.")
     backend: str = opt("hf", "Generation backend: hf or vllm.")
-    trust_remote_code: bool = opt(False, "Allow model code from the model folder (off by default).")
-    allow_pickle: bool = opt(
-        False,
-        "Load pickle weights (.bin/.pt) of a model without safetensors (pickle can run code).",
-    )
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
+    allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -414,11 +409,8 @@ class SearchConfig(RunConfig):
     temperature: float = opt(1.0, "Sampling temperature of the expansions.")
     top_p: float = opt(1.0, "Nucleus sampling mass.")
     batch_size: int = opt(64, "Sequences per generation / PRM scoring batch.")
-    trust_remote_code: bool = opt(False, "Allow model code from the model folder (off by default).")
-    allow_pickle: bool = opt(
-        False,
-        "Load pickle weights (.bin/.pt) of a model without safetensors (pickle can run code).",
-    )
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
+    allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -486,11 +478,8 @@ class EvalConfig(RunConfig):
     rl: list[str] = opt(
         [], "rl run folders to include in report.md (accuracy vs problems seen); repeatable."
     )
-    trust_remote_code: bool = opt(False, "Allow model code from the model folder (off by default).")
-    allow_pickle: bool = opt(
-        False,
-        "Load pickle weights (.bin/.pt) of a model without safetensors (pickle can run code).",
-    )
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
+    allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
     def __post_init__(self) -> None:
         super().__post_init__()
