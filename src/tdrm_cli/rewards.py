@@ -27,7 +27,7 @@ from transformers import TrainerCallback
 from tdrm_cli import td
 from tdrm_cli.prm import aggregate, pad_batch, step_logits
 from tdrm_cli.steps import DEFAULT_SEPARATOR, split_steps
-from tdrm_cli.tasks import Problem, Task
+from tdrm_cli.tasks import Problem, Task, grade
 
 Observer = Callable[[list[str], list[str], list[float]], None]
 """`observer(questions, completion_texts, verdicts)`: sees every verified batch (online PRM updates)."""
@@ -66,8 +66,8 @@ class VerifierReward:
         ids = problem_id or [""] * len(texts)
         verdicts = []
         for pid, q, g, text in zip(ids, question, gold, texts, strict=True):
-            answer = self.task.extract_answer(split_steps(text, self.separator))
-            verdicts.append(float(self.task.is_correct(Problem(pid, q, g), answer)))
+            _, correct = grade(self.task, Problem(pid, q, g), split_steps(text, self.separator))
+            verdicts.append(float(correct))
         if self.observer is not None:
             self.observer(list(question), texts, verdicts)
         return verdicts

@@ -34,7 +34,7 @@ from tdrm_cli.runs import (
     run_stage,
 )
 from tdrm_cli.steps import DEFAULT_SEPARATOR, build_prompt, read_policy_meta, split_steps
-from tdrm_cli.tasks import load_task
+from tdrm_cli.tasks import grade, load_task
 
 SCORES = "scores.parquet"
 RESULTS = "results.json"
@@ -155,7 +155,7 @@ def sample_candidates(cfg: BonConfig, model_path: str) -> tuple[list[dict[str, A
     for problem, samples in zip(problems, completions, strict=True):
         for k, completion in enumerate(samples):
             steps = split_steps(completion.text, separator)
-            answer = task.extract_answer(steps)
+            answer, correct = grade(task, problem, steps)
             rows.append(
                 {
                     "problem_id": problem.id,
@@ -164,7 +164,7 @@ def sample_candidates(cfg: BonConfig, model_path: str) -> tuple[list[dict[str, A
                     "sample_idx": k,
                     "steps": steps,
                     "answer": answer,
-                    "correct": int(task.is_correct(problem, answer)),
+                    "correct": correct,
                     "num_tokens": completion.num_tokens,
                 }
             )

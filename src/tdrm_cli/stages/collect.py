@@ -48,7 +48,7 @@ from tdrm_cli.steps import (
     read_policy_meta,
     split_steps,
 )
-from tdrm_cli.tasks import Problem, Task, load_task
+from tdrm_cli.tasks import Problem, Task, grade, load_task
 
 COLUMNS = (
     "problem_id",
@@ -210,14 +210,14 @@ def solution_row(
     problem: Problem, sample_idx: int, text: str, task: Task, policy: Policy, cfg: CollectConfig
 ) -> dict:
     steps = split_steps(text, policy.separator)
-    answer = task.extract_answer(steps)
+    answer, correct = grade(task, problem, steps)
     return {
         "problem_id": problem.id,
         "prompt": problem.question,
         "gold": problem.gold,
         "steps": steps,
         "answer": answer,
-        "correct": int(task.is_correct(problem, answer)),
+        "correct": correct,
         "step_labels": None,
         "step_truth": task.step_truth(problem, steps),
         "policy": cfg.policy,
@@ -260,10 +260,7 @@ def add_mc_labels(
     for i, completions in zip(order, continuations, strict=True):
         r, t = jobs[i]
         problem, prefix = problems[rows[r]["problem_id"]], rows[r]["steps"][:t]
-        wins = sum(
-            task.is_correct(problem, task.extract_answer(prefix + split_steps(c.text, sep)))
-            for c in completions
-        )
+        wins = sum(grade(task, problem, prefix + split_steps(c.text, sep))[1] for c in completions)
         label[r, t] = wins / k
     for r, row in enumerate(rows):
         steps = len(row["steps"])

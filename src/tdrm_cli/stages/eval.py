@@ -20,7 +20,7 @@ from tdrm_cli.config import EvalConfig
 from tdrm_cli.console import log
 from tdrm_cli.errors import UsageError
 from tdrm_cli.runs import atomic_write_json, require_complete, resolve_model, run_stage
-from tdrm_cli.tasks import load_task
+from tdrm_cli.tasks import grade, load_task
 
 RESULTS = "metrics.json"
 
@@ -58,20 +58,18 @@ def sample_policy(cfg: EvalConfig, model_path: str) -> tuple[list[dict[str, Any]
     )
     rows, greedy_hits, maj_hits, any_hits = [], 0, 0, 0
     for p_index, (problem, g, samples) in enumerate(zip(problems, greedy, sampled, strict=True)):
-        greedy_hits += task.is_correct(
-            problem, task.extract_answer(split_steps(g[0].text, separator))
-        )
+        greedy_hits += grade(task, problem, split_steps(g[0].text, separator))[1]
         group = []
         for completion in samples:
             steps = split_steps(completion.text, separator)
-            answer = task.extract_answer(steps)
+            answer, correct = grade(task, problem, steps)
             group.append(
                 {
                     "p_index": p_index,
                     "question": problem.question,
                     "steps": steps,
                     "answer": answer,
-                    "correct": int(task.is_correct(problem, answer)),
+                    "correct": correct,
                     "truth": task.step_truth(problem, steps),
                 }
             )

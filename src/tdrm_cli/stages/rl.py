@@ -57,7 +57,7 @@ from tdrm_cli.steps import (
     read_policy_meta,
     split_steps,
 )
-from tdrm_cli.tasks import Problem, Task, load_task
+from tdrm_cli.tasks import Problem, Task, grade, load_task
 
 CURVE = "eval_curve.json"
 CURVE_PNG = "eval_curve.png"
@@ -314,7 +314,7 @@ class AccuracyCurve(TrainerCallback):
         share = slice(rank(), None, world_size())
         texts = greedy_texts(model, self.tokenizer, self.prompts[share], self.max_new_tokens)
         return sum(
-            self.task.is_correct(p, self.task.extract_answer(split_steps(text, self.separator)))
+            grade(self.task, p, split_steps(text, self.separator))[1]
             for p, text in zip(self.problems[share], texts, strict=True)
         )
 

@@ -46,7 +46,7 @@ from tdrm_cli.prefix_cache import Cached, cache_arg, make_batch, row_cached, sup
 from tdrm_cli.prm import aggregate, load_prm
 from tdrm_cli.runs import atomic_write_bytes, atomic_write_json, resolve_model, run_stage
 from tdrm_cli.steps import DEFAULT_SEPARATOR, build_prompt, encode_pieces, read_policy_meta
-from tdrm_cli.tasks import Problem, Task, load_task
+from tdrm_cli.tasks import Problem, Task, grade, load_task
 
 SCORES = "scores.parquet"
 RESULTS = "results.json"
@@ -478,7 +478,7 @@ def solution_rows(
     rows = []
     for node in result.finished:
         problem = problems[node.problem]
-        answer = task.extract_answer(node.steps)
+        answer, correct = grade(task, problem, node.steps)
         rows.append(
             {
                 "method": method,
@@ -491,7 +491,7 @@ def solution_rows(
                 "step_scores": node.step_scores,
                 "score": aggregate(node.step_scores, agg),
                 "answer": answer,
-                "correct": int(task.is_correct(problem, answer)),
+                "correct": correct,
                 "tokens": node.tokens,
                 "ended": node.ended,
             }

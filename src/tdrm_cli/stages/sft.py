@@ -16,7 +16,7 @@ from tdrm_cli.config import SFTConfig
 from tdrm_cli.console import console, log
 from tdrm_cli.runs import Run, atomic_write_json, run_stage
 from tdrm_cli.steps import DEFAULT_SEPARATOR, POLICY_META, join_steps, split_steps
-from tdrm_cli.tasks import Problem, Task, load_task
+from tdrm_cli.tasks import Problem, Task, grade, load_task
 
 PROMPT_TEMPLATE = "{question}\n\n"
 CHARS = "0123456789+-*/=:()., \n?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -168,7 +168,7 @@ def evaluate_policy(model_dir: Path, task: Task, n_problems: int, seed: int) -> 
     )
     correct, wrong_step = [], []
     for p, g, s in zip(problems, greedy, sampled, strict=True):
-        correct.append(task.is_correct(p, task.extract_answer(split_steps(g[0].text))))
+        correct.append(grade(task, p, split_steps(g[0].text))[1])
         truth = task.step_truth(p, split_steps(s[0].text))
         wrong_step.append(truth is not None and (len(truth) == 0 or min(truth) == 0))
     n = max(len(problems), 1)

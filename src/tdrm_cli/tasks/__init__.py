@@ -42,6 +42,12 @@ class Task(Protocol):
         ...
 
 
+def grade(task: Task, problem: Problem, steps: list[str]) -> tuple[str | None, int]:
+    """(the final answer `task` reads from a solution's steps, the verifier's 0/1 verdict on it)."""
+    answer = task.extract_answer(steps)
+    return answer, int(task.is_correct(problem, answer))
+
+
 def _arith(**kw: str) -> Task:
     from tdrm_cli.tasks.arith import ArithTask
 
