@@ -9,7 +9,14 @@ import pytest
 from conftest import invoke
 from tdrm_cli.config import CollectConfig, SFTConfig
 from tdrm_cli.errors import UsageError
-from tdrm_cli.runs import atomic_write_json, prepare_run, read_manifest, require_complete, run_stage
+from tdrm_cli.runs import (
+    atomic_write_json,
+    check_inputs_unchanged,
+    prepare_run,
+    read_manifest,
+    require_complete,
+    run_stage,
+)
 
 
 def test_manifest_lifecycle_and_config(tmp_path):
@@ -158,3 +165,110 @@ def test_runs_listing_tells_running_from_interrupted(tmp_path):
     finally:
         alive.kill()
         alive.wait()
+
+
+# ---------------------------------------------------------------- inputs are never clobbered
+
+
+def _tree_bytes(root):
+    """Every file under `root` (but the lock) with its bytes: equal before and after means untouched."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def _tdrm(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "tdrm_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def _one_line(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize(
+    "stage, out_of",
+    [
+        ("collect", "is"),  # --out equal to the policy run
+        ("collect", "inside"),  # --out inside the policy run's model folder
+        ("collect", "contains"),  # --out is a folder holding the policy run
+        ("collect", "symlink"),  # --out a symlink to the policy run
+        ("train-prm", "is"),  # --out equal to the collect run
+    ],
+)
+def test_overwrite_never_touches_an_input(stage, out_of, tmp_path, tiny_policy, tiny_collect):
+    import shutil
+
+    policy = tmp_path / "home" / "sftcopy"
+    shutil.copytree(tiny_policy, policy)
+    data = tmp_path / "collectcopy"
+    shutil.copytree(tiny_collect, data)
+    source = policy if stage == "collect" else data
+    out = {
+        "is": source,
+        "inside": source / "model" / "sub",
+        "contains": source.parent,
+        "symlink": tmp_path / "link",
+    }[out_of]
+    if out_of == "symlink":
+        out.symlink_to(source)
+    before = _tree_bytes(source)
+    if stage == "collect":
+        flags = ("--policy", policy, "--problems", 2, "--n", 1, "--mc-rollouts", 0)
+    else:
+        flags = ("--data", data, "--max-steps", 1, "--report-to", "none")
+    proc = _tdrm(stage, *flags, "--out", out, "--overwrite")
+    _one_line(proc, "--out", "input", "another folder")
+    assert _tree_bytes(source) == before
+
+
+def test_overwrite_replaces_only_the_same_stage(tmp_path, tiny_policy, tiny_collect):
+    import shutil
+
+    data = tmp_path / "c"
+    shutil.copytree(tiny_collect, data)
+    before = _tree_bytes(data)
+    proc = _tdrm("sft", "--out", data, "--overwrite", "--max-steps", 1)
+    _one_line(proc, "holds a 'collect' run", "only a run of the same stage")
+    assert _tree_bytes(data) == before
+
+
+def test_resume_refuses_other_or_missing_inputs(tmp_path, tiny_collect):
+    import shutil
+
+    first, other = tmp_path / "kA", tmp_path / "c0"
+    shutil.copytree(tiny_collect, first)
+    shutil.copytree(tiny_collect, other)
+    (tmp_path / "sub").mkdir()
+    flags = ("--max-steps", 1, "--report-to", "none", "--out", "rz")
+    assert _tdrm("train-prm", "--data", "kA", *flags, cwd=tmp_path).returncode == 0
+    out = tmp_path / "rz"
+    manifest = read_manifest(out)
+    assert manifest["inputs"]["data"]["path"] == str(first.resolve())
+    manifest["status"] = "failed"  # as if killed: resumable
+    atomic_write_json(out / "manifest.json", manifest)
+    # Another --data than the one it started from: refused, naming the first one.
+    proc = _tdrm("train-prm", "--data", "c0", *flags, "--resume", cwd=tmp_path)
+    _one_line(proc, "other inputs", str(first.resolve()))
+    # The same input named from another directory is the same run.
+    proc = _tdrm(
+        "train-prm", "--data", "../kA", *flags[:-1], "../rz", "--resume", cwd=tmp_path / "sub"
+    )
+    assert proc.returncode == 0, proc.stderr
+    # An input that cannot be found any more is refused, not skipped.
+    manifest = read_manifest(out)
+    manifest["inputs"]["data"]["path"] = str(tmp_path / "gone")
+    with pytest.raises(UsageError, match="is gone"):
+        check_inputs_unchanged(out, manifest)

@@ -213,10 +213,12 @@ class Run:
         atomic_write_json(self.path / MANIFEST, self.manifest)
 
     def add_input(self, role: str, path: str | Path) -> None:
-        """Record an input (a run folder gets its manifest hash, anything else None)."""
+        """Record an input: its absolute resolved path (a hub id as given) and, for a run
+        folder, its manifest hash."""
         path = Path(path)
         sha = manifest_sha256(path) if is_run_dir(path) else None
-        self.manifest["inputs"][role] = {"path": str(path), "sha256": sha}
+        where = str(path.resolve()) if path.exists() else str(path)
+        self.manifest["inputs"][role] = {"path": where, "sha256": sha}
         self.save_manifest()
 
     def set_metrics(self, metrics: dict[str, Any]) -> None:
@@ -243,13 +245,67 @@ class Run:
             self.lock = None
 
 
-def check_inputs_unchanged(out: Path, manifest: dict[str, Any]) -> None:
-    """Refuse to resume a run whose input runs are no longer the ones it started from."""
+# Config fields that name what a stage reads: never the folder it writes.
+INPUT_FIELDS = ("policy", "data", "base", "prm", "samples", "bon", "search", "rl", "steps_file")
+
+
+def input_args(cfg: Any) -> dict[str, list[str]]:
+    """The inputs a config names, field -> paths: local ones absolute and resolved
+    (symlinks followed), anything else (a hub id) as given."""
+    out: dict[str, list[str]] = {}
+    for name in INPUT_FIELDS:
+        value = getattr(cfg, name, None)
+        values = value if isinstance(value, list) else [] if value is None else [value]
+        if values:
+            out[name] = [str(Path(v).resolve()) if Path(v).exists() else str(v) for v in values]
+    return out
+
+
+def check_out_apart(out: Path, cfg: Any) -> None:
+    """Refuse an `--out` that is, lies inside, or contains one of the stage's inputs."""
+    target = out.resolve()
+    for name, paths in input_args(cfg).items():
+        for given, path in zip(_as_list(getattr(cfg, name)), paths, strict=True):
+            if not Path(given).exists():
+                continue
+            inp = Path(path)
+            if target == inp:
+                how = "is"
+            elif target.is_relative_to(inp):
+                how = "lies inside"
+            elif inp.is_relative_to(target):
+                how = "contains"
+            else:
+                continue
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(
+                f"--out {out}: {how} the input {flag} {given}; write the run to another folder"
+            )
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
+def check_inputs_unchanged(out: Path, manifest: dict[str, Any], cfg: Any = None) -> None:
+    """Refuse to resume a run whose inputs are no longer the ones it started from: other
+    inputs named, an input run gone, or an input run's manifest changed."""
+    if cfg is not None and "input_args" in manifest and manifest["input_args"] != input_args(cfg):
+        before = "; ".join(f"{k}={','.join(v)}" for k, v in manifest["input_args"].items())
+        raise UsageError(
+            f"--out {out}: {MANIFEST}: the run started from other inputs ({before}); "
+            f"resume with the same inputs or start over with --overwrite"
+        )
     for role, entry in (manifest.get("inputs") or {}).items():
         if not isinstance(entry, dict) or not entry.get("sha256"):
             continue
         path = Path(str(entry.get("path")))
-        if is_run_dir(path) and manifest_sha256(path) != entry["sha256"]:
+        if not is_run_dir(path):
+            raise UsageError(
+                f"--out {out}: {MANIFEST}: input '{role}' ({path}) is gone; "
+                f"cannot check that the run resumes from the same input"
+            )
+        if manifest_sha256(path) != entry["sha256"]:
             raise UsageError(
                 f"--out {out}: {MANIFEST}: input '{role}' ({path}) is not the run this one started "
                 f"from (manifest sha256 differs); start over with --overwrite"
@@ -264,6 +320,7 @@ def prepare_run(stage: str, cfg: Any) -> Run:
         raise UsageError(f"--out {out}: exists and is not a folder")
     if cfg.resume and not is_run_dir(out):
         raise UsageError(f"--out {out}: no run to resume")
+    check_out_apart(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
     lock = FolderLock.acquire(out)
     try:
@@ -281,14 +338,17 @@ def _open_manifest(stage: str, cfg: Any, out: Path) -> dict[str, Any]:
     """The manifest to start (or resume) with; the caller holds the folder's lock."""
     if is_run_dir(out):
         old = read_manifest(out)
-        if old["stage"] != stage and not cfg.overwrite:
-            raise UsageError(f"--out {out}: holds a '{old['stage']}' run; choose another folder")
+        if old["stage"] != stage:
+            raise UsageError(
+                f"--out {out}: holds a '{old['stage']}' run, not a '{stage}' one; "
+                f"choose another folder (--overwrite replaces only a run of the same stage)"
+            )
         if cfg.overwrite:
             _clear(out)
         elif cfg.resume:
             if old["status"] == "complete":
                 raise UsageError(f"--out {out}: run is already complete (nothing to resume)")
-            check_inputs_unchanged(out, old)
+            check_inputs_unchanged(out, old, cfg)
             old.update(status="running", resumed=True, argv=sys.argv, error=None)
             return old
         elif old["status"] == "complete":
@@ -308,6 +368,7 @@ def _open_manifest(stage: str, cfg: Any, out: Path) -> dict[str, Any]:
         "created": now(),
         "finished": None,
         "inputs": {},
+        "input_args": input_args(cfg),
         "seed": getattr(cfg, "seed", None),
         "versions": versions(),
         "argv": sys.argv,
