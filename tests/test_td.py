@@ -16,6 +16,7 @@ from tdrm_cli.td import (
     smoothness,
     td_error,
     td_lambda_targets,
+    truth_targets,
 )
 
 # ---------------------------------------------------------------- plain-Python references
@@ -201,6 +202,19 @@ def test_mc_and_outcome_targets():
     assert torch.equal(out, mask.float())
 
 
+def test_truth_targets_hand_example():
+    # prefix-correct: a step is good only if it and every step before it are right
+    truth = torch.tensor([[1, 1, 0, 1], [0, 1, 1, 0], [1, 1, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]])
+    out = truth_targets(truth, mask)
+    assert out.dtype == torch.float32
+    assert out.tolist() == [[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]
+    # a correct solution keeps 1 everywhere; padding (even padded 1s) is 0
+    out = truth_targets(torch.tensor([[1.0, 1.0, 1.0]]), torch.tensor([[True, True, False]]))
+    assert out.tolist() == [[1.0, 1.0, 0.0]]
+    assert truth_targets(torch.zeros(2, 0), torch.zeros(2, 0, dtype=torch.bool)).shape == (2, 0)
+
+
 def test_mix_targets():
     td = torch.tensor([[0.2, 0.4, 0.6]])
     mc = torch.tensor([[1.0, 0.0, 0.5]])
@@ -256,6 +270,7 @@ def test_targets_carry_no_grad():
         nstep_targets(values, rewards, terminal, mask, n=3, gamma=0.9),
         mc_targets(values, mask),
         mix_targets(values, values, 0.5, mask),
+        truth_targets(values, mask),
     ]
     for out in outs:
         assert not out.requires_grad and out.grad_fn is None

@@ -216,6 +216,145 @@ def test_resume_continues_from_the_last_checkpoint(data, tmp_path, monkeypatch):
     assert logged == [1, 2, 3, 4] and not (out / "checkpoints").exists()
 
 
+def test_truth_loss_end_to_end_on_a_collect_run(tiny_collect, tmp_path):
+    from tdrm_cli.prm import load_prm
+
+    out = tmp_path / "prm-truth"
+    result = invoke(
+        "train-prm",
+        "--data",
+        tiny_collect,
+        "--loss",
+        "truth",
+        "--out",
+        out,
+        "--max-steps",
+        "2",
+        "--eval-fraction",
+        "0.34",
+        *TINY,
+    )
+    assert result.exit_code == 0, result.output
+    stderr = " ".join(result.stderr.split())  # rich wraps long lines
+    assert "target exact step truth (prefix-correct)" in stderr
+    assert read_manifest(out)["status"] == "complete"
+    assert json.loads((out / "model" / "tdrm_prm.json").read_text())["loss"] == "truth"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_steps"] == 2 and metrics["eval_rows"] > 0
+    assert isinstance(metrics["degenerate"], bool) and isinstance(metrics["value_std"], float)
+    assert isinstance(metrics["degenerate_reasons"], list)
+    assert (metrics["degenerate"] is True) == bool(metrics["degenerate_reasons"])
+    if metrics["degenerate"]:  # 2 steps on a few rollouts: usually still at chance
+        assert "warning: train-prm: the PRM learned nothing beyond the base rate" in stderr
+    assert len(load_prm(out).score(["1+2"], [["1+2=3", "answer 3"]])[0]) == 2
+
+
+def test_truth_loss_fits_prefix_correct_targets(data, tiny_base, tmp_path, monkeypatch):
+    """Every batch's targets under --loss truth are the running minimum of its step truth."""
+    import torch
+
+    from tdrm_cli import prm_trainer
+
+    seen = []
+    real = prm_trainer.TARGETS["truth"]
+
+    def spy(spec, values, batch):
+        y = real(spec, values, batch)
+        seen.append((y, batch))
+        return y
+
+    monkeypatch.setitem(prm_trainer.TARGETS, "truth", spy)
+    out = tmp_path / "truth"
+    args = ["--base", tiny_base, "--loss", "truth", "--max-steps", "2", "--eval-fraction", "0"]
+    result = invoke("train-prm", "--data", data, "--out", out, *args, *TINY)
+    assert result.exit_code == 0, result.output
+    assert len(seen) == 2
+    for y, batch in seen:
+        assert batch["has_truth"].all()
+        mask = batch["step_mask"]
+        want = torch.cummin(batch["truth_labels"], dim=1).values * mask
+        assert torch.equal(y, want) and y[~mask].sum() == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["degenerate"] is None  # nothing held out: nothing to judge
+
+
+def test_collator_carries_truth_labels():
+    import torch
+
+    from tdrm_cli.prm_trainer import StepCollator, Targets
+
+    features = [
+        {
+            "input_ids": [1, 5, 6, 7, 8, 9],
+            "step_index": [2, 3, 5],
+            "prompt_len": 2,
+            "terminal": 1.0,
+            "mc_labels": None,
+            "truth_labels": [1, 0, 1],
+        },
+        {
+            "input_ids": [1, 5, 6],
+            "step_index": [2],
+            "prompt_len": 2,
+            "terminal": 0.0,
+            "mc_labels": None,
+        },
+    ]
+    batch = StepCollator(pad_id=0)(features)
+    assert batch["has_truth"].tolist() == [True, False]
+    assert batch["truth_labels"].tolist() == [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+    y = Targets("truth")(torch.full((2, 3), 0.5), batch)
+    assert y.tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+
+
+def rewrite_rollouts(run: Path, **cells) -> Path:
+    """Set `column=(row, value)` cells in a collect run's rollouts.parquet (a whole column
+    to None with `column=None`)."""
+    import pandas as pd
+
+    path = run / "rollouts.parquet"
+    frame = pd.read_parquet(path)
+    for column, cell in cells.items():
+        if cell is None:
+            frame[column] = None
+        else:
+            frame.at[cell[0], column] = cell[1]
+    frame.to_parquet(path)
+    return path
+
+
+def test_truth_loss_needs_step_truth(tiny_base, tmp_path):
+    run = make_collect_run(tmp_path / "collect", tiny_base, problems=4)
+    path = rewrite_rollouts(run, step_truth=None)
+    args = ["train-prm", "--data", run, "--loss", "truth", "--out", tmp_path / "r"]
+    assert (
+        one_line_error(invoke(*args))
+        == f"error: {path}: no step_truth (the task cannot check single steps), but --loss truth needs it"
+    )
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (None, "field 'step_truth' is empty, but --loss truth needs it"),
+        ([1], "field 'step_truth' has 1 values for "),
+        ([1, 2, 1, 1], "field 'step_truth' holds 2 at step 1, expected 0 or 1"),
+    ],
+)
+def test_truth_loss_bad_row_names_file_row_and_field(tiny_base, tmp_path, value, message):
+    import pandas as pd
+
+    run = make_collect_run(tmp_path / "collect", tiny_base, problems=4)
+    frame = pd.read_parquet(run / "rollouts.parquet")
+    row = next(i for i, steps in enumerate(frame["steps"]) if len(steps) == 4)
+    path = rewrite_rollouts(run, step_truth=(row, value))
+    args = ["train-prm", "--data", run, "--loss", "truth", "--out", tmp_path / "r"]
+    name = f"row {row} (problem {frame['problem_id'][row]}, sample {frame['sample_idx'][row]})"
+    assert one_line_error(invoke(*args)).startswith(f"error: {path}: {name}: {message}")
+    assert not (tmp_path / "r").exists()
+
+
 # ---------------------------------------------------------------- recorded losses
 
 # The first four logged training losses on CPU, seed 0, recorded once with this exact setup.

@@ -121,14 +121,16 @@ class CollectConfig(RunConfig):
 
 @dataclass
 class TrainPRMConfig(RunConfig):
-    """`tdrm train-prm`: fit step values to TD / n-step / MC / outcome targets."""
+    """`tdrm train-prm`: fit step values to TD / n-step / MC / exact-truth / outcome targets."""
 
     data: str | None = opt(None, "A complete collect run folder.")
     base: str | None = opt(
         None, "Backbone: HF causal LM folder or run folder (default: the data's policy)."
     )
     loss: str = opt(
-        "td", "Target: td, mc (Monte-Carlo step labels) or outcome (verdict at every step)."
+        "td",
+        "Target: td, mc (Monte-Carlo step labels), truth (exact step_truth, prefix-correct: "
+        "the ceiling for this backbone and data) or outcome (verdict at every step).",
     )
     td_lambda: float = opt(0.8, "TD(lambda) mixing: 0 = TD(0), 1 = Monte-Carlo outcome return.")
     n_step: int | None = opt(None, "Use the n-step target with this n instead of TD(lambda).")
@@ -159,7 +161,8 @@ class TrainPRMConfig(RunConfig):
         super().__post_init__()
         _check(self.data is not None, "--data is required")
         _check(
-            self.loss in ("td", "mc", "outcome"), f"--loss {self.loss}: expected td, mc or outcome"
+            self.loss in ("td", "mc", "truth", "outcome"),
+            f"--loss {self.loss}: expected td, mc, truth or outcome",
         )
         _check(0.0 <= self.td_lambda <= 1.0, f"--td-lambda {self.td_lambda}: must be in [0, 1]")
         _check(0.0 < self.gamma <= 1.0, f"--gamma {self.gamma}: must be in (0, 1]")

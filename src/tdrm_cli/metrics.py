@@ -1,7 +1,8 @@
 """PRM and policy quality metrics as small pure functions on plain lists.
 
 AUROC (ties count half), ProcessBench first-error identification, expected
-calibration error, and the smoothness of value trajectories.
+calibration error, the smoothness of value trajectories, process–outcome coupling of
+a policy's samples, and the rule that calls a PRM degenerate (learned nothing).
 """
 
 from __future__ import annotations
@@ -94,3 +95,106 @@ def smoothness(
 def mean(xs: Sequence[float]) -> float | None:
     xs = [x for x in xs if x is not None and not math.isnan(x)]
     return sum(xs) / len(xs) if xs else None
+
+
+# ---------------------------------------------------------------- process–outcome coupling
+
+
+def first_wrong_step(truth: Sequence[int]) -> int | None:
+    """0-based index of the first wrong step, None when every step is right.
+
+    A solution without steps counts as wrong at step 0: it never did a correct step."""
+    if not truth:
+        return 0
+    return next((i for i, t in enumerate(truth) if not t), None)
+
+
+def coupling(correct: Sequence[int], truths: Sequence[Sequence[int] | None]) -> dict | None:
+    """How much a sample's verdict depends on its steps, from exact step truth.
+
+    * `coupling`: the share of correct samples whose steps are all right (1.0: a right
+      answer always comes from right steps; low: the answer is found without them);
+    * `coupled_correct` / `correct_samples`: its numerator and denominator;
+    * `p_correct_by_first_error`: P(correct | first wrong step at 0-based index k) for
+      k = 0 .. the largest seen (None for a k no sample has), and "none" for samples
+      with every step right; `samples_by_first_error`: how many samples each holds.
+
+    Samples without step truth (None) are left out; None when no sample has it.
+    """
+    pairs = [(int(c), list(t)) for c, t in zip(correct, truths, strict=True) if t is not None]
+    if not pairs:
+        return None
+    right = [c for c, t in pairs if c]
+    coupled = sum(1 for c, t in pairs if c and t and all(t))
+    by_k: dict[int | None, list[int]] = {}
+    for c, t in pairs:
+        by_k.setdefault(first_wrong_step(t), []).append(c)
+    last = max((k for k in by_k if k is not None), default=-1)
+    keys: list[int | None] = [*range(last + 1), None]
+    name = {k: "none" if k is None else str(k) for k in keys}
+    return {
+        "coupling": round(coupled / len(right), 4) if right else None,
+        "coupled_correct": coupled,
+        "correct_samples": len(right),
+        "p_correct_by_first_error": {
+            name[k]: round(sum(by_k[k]) / len(by_k[k]), 4) if by_k.get(k) else None for k in keys
+        },
+        "samples_by_first_error": {name[k]: len(by_k.get(k, [])) for k in keys},
+    }
+
+
+# ---------------------------------------------------------------- degenerate PRMs
+
+DEGENERATE_STD = 0.01  # held-out step values spread less than this: a constant
+DEGENERATE_Z = 2.0  # an AUROC within this many null standard errors of 0.5 is chance
+
+
+def chance_auroc_se(n_pos: int, n_neg: int) -> float:
+    """Standard error of the AUROC of a scorer that knows nothing (true AUROC 0.5).
+
+    Hanley & McNeil (1982) at A = 0.5 (Q1 = Q2 = 1/3), which equals the Mann-Whitney null
+    variance: SE^2 = (n_pos + n_neg + 1) / (12 n_pos n_neg)."""
+    return math.sqrt((n_pos + n_neg + 1) / (12 * n_pos * n_neg))
+
+
+def near_chance(scores: Sequence[float], labels: Sequence[int]) -> tuple[float, float] | None:
+    """(AUROC, null SE) when the AUROC is within `DEGENERATE_Z` null SEs of 0.5, else None.
+
+    None too when the AUROC is undefined (one class only)."""
+    value = auroc(scores, labels)
+    if value is None:
+        return None
+    n_pos = sum(1 for y in labels if y)
+    se = chance_auroc_se(n_pos, len(labels) - n_pos)
+    return (value, se) if abs(value - 0.5) < DEGENERATE_Z * se else None
+
+
+def degeneracy(
+    values: Sequence[Sequence[float]],
+    step: tuple[Sequence[float], Sequence[int]] | None = None,
+    outcome: tuple[Sequence[float], Sequence[int]] | None = None,
+) -> dict:
+    """Did a PRM learn nothing beyond the base rate? One rule for train-prm and eval.
+
+    `values` are its step values on held-out solutions; `step` = (step values, exact 0/1
+    step truth) and `outcome` = (solution scores, 0/1 verdicts). Degenerate when the
+    population std of all step values is below `DEGENERATE_STD`, or the step or outcome
+    AUROC is within `DEGENERATE_Z` (2) null standard errors of 0.5 (`chance_auroc_se`).
+    An undefined AUROC (one class only) does not count either way. Returns `value_std`,
+    `degenerate` (None when there are no values) and `degenerate_reasons`.
+    """
+    flat = [float(v) for row in values for v in row]
+    if not flat:
+        return {"value_std": None, "degenerate": None, "degenerate_reasons": []}
+    centre = sum(flat) / len(flat)
+    std = math.sqrt(sum((v - centre) ** 2 for v in flat) / len(flat))
+    reasons = []
+    if std < DEGENERATE_STD:
+        reasons.append(f"value std {std:.4f} < {DEGENERATE_STD}")
+    for name, pair in (("step", step), ("outcome", outcome)):
+        hit = near_chance(*pair) if pair is not None else None
+        if hit is not None:
+            reasons.append(
+                f"{name} AUROC {hit[0]:.3f} within {DEGENERATE_Z:g} SE ({hit[1]:.3f}) of 0.5"
+            )
+    return {"value_std": round(std, 6), "degenerate": bool(reasons), "degenerate_reasons": reasons}

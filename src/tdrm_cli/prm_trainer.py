@@ -63,6 +63,10 @@ def _mc_target(spec: Targets, values, batch):
     return td.mc_targets(batch["mc_labels"], batch["step_mask"], hard=spec.hard)
 
 
+def _truth_target(spec: Targets, values, batch):
+    return td.truth_targets(batch["truth_labels"], batch["step_mask"])
+
+
 def _outcome_target(spec: Targets, values, batch):
     return td.outcome_targets(batch["terminal"], batch["step_mask"])
 
@@ -70,13 +74,15 @@ def _outcome_target(spec: Targets, values, batch):
 TARGETS: dict[str, Callable[[Targets, Any, dict[str, Any]], Any]] = {
     "td": _td_target,
     "mc": _mc_target,
+    "truth": _truth_target,
     "outcome": _outcome_target,
 }
 
 
 @dataclass
 class StepCollator:
-    """Pads a batch of rollouts: tokens, step indices/mask, verdicts, MC labels, step lengths."""
+    """Pads a batch of rollouts: tokens, step indices/mask, verdicts, MC labels, exact step
+    truth (`truth_labels`, `has_truth`; a feature may lack it) and step lengths."""
 
     pad_id: int
 
@@ -89,6 +95,8 @@ class StepCollator:
         batch["terminal"] = torch.tensor([f["terminal"] for f in features], dtype=torch.float32)
         batch["mc_labels"] = torch.zeros(shape)
         batch["has_mc"] = torch.zeros(shape[0], dtype=torch.bool)
+        batch["truth_labels"] = torch.zeros(shape)
+        batch["has_truth"] = torch.zeros(shape[0], dtype=torch.bool)
         batch["step_tokens"] = torch.ones(shape)
         for i, (f, row) in enumerate(zip(features, rows, strict=True)):
             batch["step_tokens"][i, : len(row.ends)] = torch.tensor(
@@ -99,6 +107,11 @@ class StepCollator:
                     f["mc_labels"], dtype=torch.float32
                 )
                 batch["has_mc"][i] = True
+            if f.get("truth_labels") is not None:
+                batch["truth_labels"][i, : len(row.ends)] = torch.tensor(
+                    f["truth_labels"], dtype=torch.float32
+                )
+                batch["has_truth"][i] = True
         return batch
 
 

@@ -14,6 +14,8 @@ Conventions (all functions are pure and vectorised over padded ``[batch, steps]`
   λ=0 is TD(0) (= 1-step target), λ=1 is the Monte-Carlo return (γ^(L-t)·R with zero rewards).
 * n-step:  y_t = Σ_{k<n} γ^k ρ_{t+k} + γ^n V̄_{t+n}·[t+n ≤ L], with ρ_j = rewards[j] (j < L),
   ρ_L = R, ρ_j = 0 (j > L). n=1 equals TD(0); n ≥ length gives the outcome return.
+* Truth:   y_t = min_{s <= t} truth_s, exact prefix correctness: step t is good only if it
+  and every step before it are correct (step_truth from the task, e.g. [1,1,0,1] -> [1,1,0,0]).
 * Targets are clamped to [0, 1] and padded positions are 0.
 
 Note: with γ < 1 and zero intermediate rewards, early steps are pulled toward γ^(T-t)·R,
@@ -32,6 +34,7 @@ __all__ = [
     "td_lambda_targets",
     "nstep_targets",
     "mc_targets",
+    "truth_targets",
     "outcome_targets",
     "mix_targets",
     "smoothness",
@@ -114,6 +117,19 @@ def mc_targets(step_labels, mask, hard: bool = False):
     if hard:
         y = (y > 0).to(y.dtype)
     m = _bool(mask)
+    return _finish(y, m)
+
+
+def truth_targets(step_truth, mask):
+    """Prefix-correct targets from exact 0/1 step truth: the running minimum along the steps.
+
+    Step t's target is 1 only if it and every step before it are correct, so an early
+    mistake makes every later step wrong ([1, 1, 0, 1] -> [1, 1, 0, 0]); padding 0.
+    """
+    m = _bool(mask)
+    y = (_f(step_truth) > 0).to(torch.float32)
+    if y.shape[1]:
+        y = torch.cummin(y, dim=1).values  # padding lies after the real steps: no effect on them
     return _finish(y, m)
 
 

@@ -1,4 +1,4 @@
-"""`tdrm train-prm`: fit a process reward model to TD, n-step, MC or outcome targets.
+"""`tdrm train-prm`: fit a process reward model to TD, n-step, MC, exact-truth or outcome targets.
 
 setup (rollouts, backbone, encoding) -> train (`prm_trainer.PRMTrainer`, a
 `transformers.Trainer`, so accelerate/DeepSpeed, checkpoints, `--resume` and `--report-to`
@@ -21,6 +21,7 @@ from tdrm_cli import td
 from tdrm_cli.config import TrainPRMConfig
 from tdrm_cli.console import console, log
 from tdrm_cli.errors import UsageError
+from tdrm_cli.metrics import degeneracy
 from tdrm_cli.prm import (
     AGGREGATIONS,
     PRM,
@@ -78,7 +79,23 @@ def _shown(value: Any) -> str:
     return repr(value.item() if hasattr(value, "item") and not _is_list(value) else value)
 
 
-def _row_problem(row: dict[str, Any], loss_needs_labels: bool) -> str | None:
+def _truth_problem(truth: Any, n_steps: int) -> str | None:
+    """What is wrong with a row's `step_truth` for --loss truth, or None: one 0/1 per step."""
+    if truth is None:
+        return "field 'step_truth' is empty, but --loss truth needs it"
+    if not _is_list(truth):
+        return f"field 'step_truth' is a {type(truth).__name__}, expected a list of 0/1"
+    if len(truth) != n_steps:
+        return f"field 'step_truth' has {len(truth)} values for {n_steps} steps"
+    for j, value in enumerate(truth):
+        if not _is_number(value) or value not in (0, 1):
+            return f"field 'step_truth' holds {_shown(value)} at step {j}, expected 0 or 1"
+    return None
+
+
+def _row_problem(
+    row: dict[str, Any], loss_needs_labels: bool, loss_needs_truth: bool = False
+) -> str | None:
     """What is wrong with one rollout row, as "field 'F' ...", or None when it is usable."""
     if _is_null(row["problem_id"]):
         return "field 'problem_id' is empty"
@@ -92,12 +109,16 @@ def _row_problem(row: dict[str, Any], loss_needs_labels: bool) -> str | None:
     if steps is not None and (not _is_list(steps) or not all(isinstance(s, str) for s in steps)):
         got = f"a {type(steps).__name__}" if not _is_list(steps) else "a list holding non-strings"
         return f"field 'steps' is {got}, expected a list of strings"
+    n_steps = 0 if steps is None else len(steps)
+    if loss_needs_truth:
+        problem = _truth_problem(row.get("step_truth"), n_steps)
+        if problem:
+            return problem
     labels = row.get("step_labels")
     if labels is None:
         return "field 'step_labels' is empty, but --loss mc needs it" if loss_needs_labels else None
     if not _is_list(labels):
         return f"field 'step_labels' is a {type(labels).__name__}, expected a list of numbers"
-    n_steps = 0 if steps is None else len(steps)
     if len(labels) != n_steps:
         return f"field 'step_labels' has {len(labels)} labels for {n_steps} steps"
     for j, label in enumerate(labels):
@@ -128,9 +149,17 @@ def load_rollouts(cfg: TrainPRMConfig):
         raise UsageError(
             f"{path}: no step_labels (collect with --mc-rollouts > 0), but {needed_by} needs them"
         )
-    columns = [c for c in (*REQUIRED_COLUMNS, "step_labels") if c in frame.columns]
+    if cfg.loss == "truth" and (
+        "step_truth" not in frame.columns or all(v is None for v in frame["step_truth"])
+    ):
+        raise UsageError(
+            f"{path}: no step_truth (the task cannot check single steps), but --loss truth needs it"
+        )
+    columns = [c for c in (*REQUIRED_COLUMNS, "step_labels", "step_truth") if c in frame.columns]
     for i, row in enumerate(frame[columns].itertuples(index=False, name=None)):
-        problem = _row_problem(dict(zip(columns, row, strict=True)), cfg.loss == "mc")
+        problem = _row_problem(
+            dict(zip(columns, row, strict=True)), cfg.loss == "mc", cfg.loss == "truth"
+        )
         if problem:
             raise UsageError(f"{path}: {_row_name(frame, i)}: {problem}")
     frame["steps"] = [[] if steps is None else list(steps) for steps in frame["steps"]]
@@ -174,10 +203,16 @@ def resolve_base(cfg: TrainPRMConfig, frame) -> tuple[str, str]:
 
 
 def encode_rows(prm: PRM, frame) -> list[dict[str, Any]]:
-    """One training item per rollout: piecewise token ids, step ends, verdict, MC labels."""
+    """One training item per rollout: piecewise token ids, step ends, verdict, MC labels and
+    exact step truth (None where missing or not one value per step)."""
     items = []
-    for question, steps, correct, labels in zip(
-        frame["prompt"], frame["steps"], frame["correct"], frame["step_labels"], strict=True
+    for question, steps, correct, labels, truth in zip(
+        frame["prompt"],
+        frame["steps"],
+        frame["correct"],
+        frame["step_labels"],
+        frame["step_truth"],
+        strict=True,
     ):
         encoded = prm.encode(question, steps)
         items.append(
@@ -187,6 +222,7 @@ def encode_rows(prm: PRM, frame) -> list[dict[str, Any]]:
                 "prompt_len": encoded.prompt_len,
                 "terminal": float(correct),
                 "mc_labels": labels,
+                "truth_labels": truth if truth is not None and len(truth) == len(steps) else None,
             }
         )
     return items
@@ -345,7 +381,8 @@ def _padded(values: list[list[float]], encoded: list[Encoded]):
 
 
 def heldout_metrics(prm: PRM, frame, targets: Targets) -> dict[str, Any]:
-    """Step AUROC vs step_truth, outcome AUROC per aggregation, smoothness, mean |TD error|.
+    """Step AUROC vs step_truth, outcome AUROC per aggregation, smoothness, mean |TD error|,
+    and `metrics.degeneracy` (`value_std`, `degenerate`, `degenerate_reasons`).
 
     The TD error uses the run's TD settings for every `--loss`, so PRMs trained on
     different targets are compared on the same yardstick.
@@ -364,6 +401,11 @@ def heldout_metrics(prm: PRM, frame, targets: Targets) -> dict[str, Any]:
     by_agg = {agg: auroc(correct, [aggregate(v, agg) for v in values]) for agg in AGGREGATIONS}
     value_tensor, mask, step_tokens = _padded(values, encoded)
     y = targets.td(value_tensor, torch.tensor(correct, dtype=torch.float32), mask)
+    flags = degeneracy(
+        values,
+        step=([v for _, v in truth_pairs], [t for t, _ in truth_pairs]) if truth_pairs else None,
+        outcome=([aggregate(v, prm.agg) for v in values], correct),
+    )
     return {
         "eval_rows": len(frame),
         "step_auroc": auroc([t for t, _ in truth_pairs], [v for _, v in truth_pairs])
@@ -374,6 +416,7 @@ def heldout_metrics(prm: PRM, frame, targets: Targets) -> dict[str, Any]:
         "smoothness": round(float(td.smoothness(value_tensor, mask)), 6),
         "smoothness_tokens": round(float(td.smoothness(value_tensor, mask, step_tokens)), 6),
         "td_error": round(float(td.td_error(value_tensor, y, mask)), 6),
+        **flags,
     }
 
 
@@ -390,9 +433,12 @@ def run(cfg: TrainPRMConfig) -> Path:
             f"--batch-size {cfg.batch_size}: not divisible by {world_size()} processes"
         )
     train_frame, eval_frame = split_by_problem(frame, cfg.eval_fraction, cfg.seed)
-    target = {"td": f"TD(lambda={cfg.td_lambda})", "mc": "MC labels", "outcome": "outcome"}[
-        cfg.loss
-    ]
+    target = {
+        "td": f"TD(lambda={cfg.td_lambda})",
+        "mc": "MC labels",
+        "truth": "exact step truth (prefix-correct)",
+        "outcome": "outcome",
+    }[cfg.loss]
     target = f"n-step n={cfg.n_step}" if cfg.n_step else target
     with open_run("train-prm", cfg) as run:
         run.add_input("data", cfg.data)
@@ -410,6 +456,8 @@ def run(cfg: TrainPRMConfig) -> Path:
         prm.save(run.path / "model")
         if len(eval_frame):
             metrics.update(heldout_metrics(prm, eval_frame, Targets.from_config(cfg)))
+        else:  # nothing held out: nothing to judge the PRM on
+            metrics.update(degenerate=None, degenerate_reasons=[])
         atomic_write_json(run.path / "metrics.json", metrics)
         shutil.rmtree(run.path / "checkpoints", ignore_errors=True)  # kept until here for --resume
         run.complete(metrics)
@@ -417,4 +465,10 @@ def run(cfg: TrainPRMConfig) -> Path:
             f"[bold]train-prm[/] held-out step AUROC {metrics.get('step_auroc')}, outcome AUROC "
             f"({cfg.agg}) {metrics.get('outcome_auroc')}, smoothness {metrics.get('smoothness')}"
         )
+        if metrics["degenerate"]:
+            console.print(
+                "[yellow]warning: train-prm: the PRM learned nothing beyond the base rate on the "
+                f"held-out rollouts ({'; '.join(metrics['degenerate_reasons'])})[/]",
+                highlight=False,
+            )
     return run.path
