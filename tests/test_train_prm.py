@@ -153,6 +153,7 @@ def test_train_prm_end_to_end_default_base_is_the_policy(tiny_policy, tmp_path):
     for key in ("step_auroc", "outcome_auroc", "smoothness", "smoothness_tokens", "td_error"):
         assert metrics[key] is not None and 0.0 <= metrics[key] <= 1.0, key
     assert set(metrics["outcome_auroc_by_agg"]) == {"min", "last", "prod", "mean"}
+    assert isinstance(metrics["degenerate"], bool) and metrics["value_std"] >= 0
     logged = [e for e in json.loads((out / "log_history.json").read_text()) if "loss" in e]
     assert logged and all({"td_error", "smoothness", "smoothness_tokens"} <= set(e) for e in logged)
     scores = load_prm(out).score(["1+2+3"], [["1+2=3", "3+3=6", "answer 6"]])

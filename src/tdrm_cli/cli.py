@@ -40,7 +40,7 @@ STAGES: dict[str, tuple[type, str, str]] = {
     "train-prm": (
         config.TrainPRMConfig,
         "train_prm",
-        "Train a PRM on collected rollouts with TD, n-step, MC or outcome targets.",
+        "Train a PRM on collected rollouts with TD, n-step, MC, exact-truth or outcome targets.",
     ),
     "bon": (
         config.BonConfig,
