@@ -47,8 +47,43 @@ def test_collect_end_to_end(tiny_collect, tiny_policy):
         "mean_steps",
         "tokens_per_s",
         "mc_label_mean_wrong_steps",
+        "coupling",
+        "p_correct_by_first_error",
     ):
         assert key in metrics
+    # process–outcome coupling, recomputed from the table by hand
+    right = df[df.correct == 1]
+    assert metrics["correct_samples"] == len(right)
+    assert metrics["coupled_correct"] == sum(bool(t) and all(t) for t in right.step_truth)
+    if len(right):
+        assert metrics["coupling"] == pytest.approx(
+            metrics["coupled_correct"] / len(right), abs=1e-4
+        )
+    assert sum(metrics["samples_by_first_error"].values()) == len(df)
+    assert list(metrics["p_correct_by_first_error"])[-1] == "none"
+
+
+def test_summary_prints_the_coupling_line(capsys):
+    from tdrm_cli.console import console
+
+    rows = [
+        {"problem_id": "a", "steps": ["x", "y"], "answer": "1", "correct": 1, "step_truth": [1, 1]},
+        {"problem_id": "a", "steps": ["x", "y"], "answer": "1", "correct": 1, "step_truth": [0, 1]},
+        {"problem_id": "b", "steps": ["x"], "answer": "2", "correct": 0, "step_truth": [0]},
+        {"problem_id": "b", "steps": ["x"], "answer": "2", "correct": 1, "step_truth": [0]},
+    ]
+    for row in rows:
+        row["step_labels"] = None
+    policy = collect.Policy(None, {}, "\n\n", "template")
+    metrics = collect.summarize(rows, 10, 1.0, policy)
+    assert metrics["coupling"] == pytest.approx(1 / 3, abs=1e-4)
+    assert metrics["p_correct_by_first_error"] == {"0": pytest.approx(2 / 3, abs=1e-4), "none": 1.0}
+    with console.capture() as captured:
+        collect.print_summary(metrics)
+    text = " ".join(captured.get().split())
+    assert "process–outcome coupling: 1 of 3 correct samples (33.3%) have every step right" in text
+    assert "P(correct | first wrong step k, 0-based): 0 0.667 (n=3), none 1.000 (n=1)" in text
+    assert "warning: most right answers come from wrong steps" in text
 
 
 def small_run(policy, out, *extra):

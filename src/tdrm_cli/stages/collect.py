@@ -6,7 +6,9 @@ answer is kept with `correct=0`, `answer=None`). With `--mc-rollouts K`, every p
 step prefix gets K continuations and its label is the fraction that reach the gold
 answer (Math-Shepherd soft label; "any reached" is the hard label, chosen at train
 time); the last step's label is the sample's own verdict. Tasks that know exact step
-correctness (arith) add `step_truth`.
+correctness (arith) add `step_truth`, and the summary then reports process–outcome
+coupling (`metrics.coupling`): the share of correct samples whose steps are all right,
+and P(correct | first wrong step at k).
 
 Work is cut into shards of `--shard-size` problems, each written atomically to
 `shards/`. A shard's seeds depend only on (--seed, shard index), so `--resume` skips
@@ -31,6 +33,7 @@ from tdrm_cli.config import CollectConfig
 from tdrm_cli.console import console, log, progress
 from tdrm_cli.errors import UsageError
 from tdrm_cli.generation import Backend, Sampling, check_backend, load_backend
+from tdrm_cli.metrics import coupling
 from tdrm_cli.runs import (
     atomic_write_bytes,
     atomic_write_json,
@@ -414,6 +417,9 @@ def summarize(rows: list[dict], tokens: int, seconds: float, policy: Policy) -> 
         if row["step_labels"] is not None and row["step_truth"] is not None
         for label, truth in zip(row["step_labels"], row["step_truth"], strict=False)
     ]
+    coupled = coupling([row["correct"] for row in rows], [row["step_truth"] for row in rows])
+    if coupled is not None:
+        metrics.update(coupled)
     if pairs:
         metrics["mc_label_mean_correct_steps"] = _mean(
             [label for label, truth in pairs if truth == 1]
@@ -439,12 +445,41 @@ def print_summary(metrics: dict[str, Any]) -> None:
         "tokens_per_s",
         "mc_label_mean_correct_steps",
         "mc_label_mean_wrong_steps",
+        "coupling",
     ):
         if metrics.get(key) is not None:
             table.add_row(
                 key, f"{metrics[key]:,}" if isinstance(metrics[key], int) else f"{metrics[key]:.4g}"
             )
     console.print(table)
+    if "p_correct_by_first_error" in metrics:
+        console.print(coupling_line(metrics), highlight=False)
+
+
+def coupling_line(metrics: dict[str, Any]) -> str:
+    """One line on process–outcome coupling (from `metrics.coupling`'s fields), with a
+    yellow warning when most right answers come from wrong steps."""
+    by_k, sizes = metrics["p_correct_by_first_error"], metrics["samples_by_first_error"]
+    conditional = ", ".join(
+        f"{k} {'–' if p is None else f'{p:.3f}'} (n={sizes[k]})" for k, p in by_k.items()
+    )
+    value = metrics["coupling"]
+    share = (
+        "no correct samples"
+        if value is None
+        else f"{metrics['coupled_correct']} of {metrics['correct_samples']} correct samples "
+        f"({value:.1%}) have every step right"
+    )
+    line = (
+        f"process–outcome coupling: {share}; P(correct | first wrong step k, 0-based): "
+        f"{conditional}"
+    )
+    if value is not None and value < 0.5:
+        line += (
+            "\n[yellow]warning: most right answers come from wrong steps: the outcome hardly "
+            "depends on the steps, so no PRM can learn step verification from these rollouts[/]"
+        )
+    return line
 
 
 def run(cfg: CollectConfig) -> Path:
