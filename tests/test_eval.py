@@ -31,10 +31,19 @@ def test_eval_policy_and_prm(tiny_policy, tiny_prm, tmp_path):
     assert policy["maj@2"] <= policy["pass@2"]
     prm = metrics["prm"]["prm"]
     assert prm["solutions"] > 0 and prm["smoothness"] is None or prm["smoothness"] >= 0
+    assert isinstance(prm["degenerate"], bool) and isinstance(prm["degenerate_reasons"], list)
+    held_out = json.loads((tiny_prm / "metrics.json").read_text())["degenerate"]
+    assert prm["train_prm_degenerate"] is held_out
+    coupling = metrics["coupling"]
+    assert sum(coupling["samples_by_first_error"].values()) == 6 * 2
+    assert coupling["correct_samples"] == round(policy["sample_accuracy"] * 12)
     report = (out / "report.md").read_text()
     assert (
         "greedy pass@1" in report and "step AUROC" in report and "value_trajectories.png" in report
     )
+    assert "## Process–outcome coupling" in report and "| first wrong step (0-based) |" in report
+    assert "| smoothness/token | degenerate |" in report
+    assert read_manifest(out)["metrics"]["prm:prm/degenerate"] is prm["degenerate"]
     assert (out / "value_trajectories.png").stat().st_size > 1000
     manifest = read_manifest(out)
     assert manifest["status"] == "complete" and set(manifest["inputs"]) == {"policy", "prm"}
@@ -109,3 +118,29 @@ def test_readme_results_come_from_a_report():
     text = (Path(__file__).parent.parent / "README.md").read_text()
     section = text.split(README_BEGIN)[1].split(README_END)[0]
     assert "### Demo report" in section and "| PRM | step AUROC |" in section
+
+
+def test_report_marks_degenerate_prms_and_shows_coupling():
+    from tdrm_cli.report import coupling_section, degenerate_notes
+
+    text = coupling_section(
+        {
+            "coupling": 0.25,
+            "coupled_correct": 1,
+            "correct_samples": 4,
+            "p_correct_by_first_error": {"0": 0.5, "1": None, "none": 1.0},
+            "samples_by_first_error": {"0": 6, "1": 0, "none": 1},
+        }
+    )
+    assert "1 of 4 correct samples (25.0%) have every step right." in text
+    assert "| step 0 | 6 | 0.500 |" in text and "| step 1 | 0 | – |" in text
+    assert "| none | 1 | 1.000 |" in text
+    notes = degenerate_notes(
+        {
+            "flat": {"degenerate": True, "degenerate_reasons": ["value std 0.0001 < 0.01"]},
+            "good": {"degenerate": False, "degenerate_reasons": [], "train_prm_degenerate": True},
+        }
+    )
+    assert "- `flat` learned nothing beyond the base rate on these samples: value std" in notes
+    assert "- `good` was flagged degenerate by train-prm on its held-out rollouts." in notes
+    assert "`good` learned nothing" not in notes

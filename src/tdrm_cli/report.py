@@ -234,6 +234,54 @@ def plot_trajectories(trajectories: dict, path: Path, limit: int = 25) -> Path:
     return path
 
 
+def _yes_no(flag) -> str | None:
+    return None if flag is None else "**yes**" if flag else "no"
+
+
+def coupling_section(coupling: dict) -> str:
+    """Process–outcome coupling of the policy's samples (`metrics.coupling`)."""
+    value = coupling["coupling"]
+    share = (
+        "No sample is correct."
+        if value is None
+        else f"{coupling['coupled_correct']} of {coupling['correct_samples']} correct samples "
+        f"({value:.1%}) have every step right."
+    )
+    rows = [
+        [k if k == "none" else f"step {k}", coupling["samples_by_first_error"][k], p]
+        for k, p in coupling["p_correct_by_first_error"].items()
+    ]
+    return (
+        f"## Process–outcome coupling\n\nOn the policy's samples, against exact step truth: "
+        f"{share} A PRM can learn step verification only from rollouts whose verdict follows "
+        "from their steps (coupling near 1; low coupling means right answers come from "
+        "wrong steps).\n\n"
+        + md_table(["first wrong step (0-based)", "samples", "P(correct)"], rows)
+    )
+
+
+def degenerate_notes(section: dict) -> str:
+    """A footnote per degenerate PRM with the rule's reasons (`metrics.degeneracy`)."""
+    rule = (
+        "\n\nDegenerate (the rule train-prm applies to its held-out rollouts): step values "
+        "with std < 0.01, or step or outcome AUROC within 2 null standard errors "
+        "(Hanley–McNeil at 0.5) of 0.5."
+    )
+    notes = []
+    for name, values in section.items():
+        if values.get("degenerate"):
+            notes.append(
+                f"- `{name}` learned nothing beyond the base rate on these samples: "
+                + "; ".join(values.get("degenerate_reasons") or [])
+                + "."
+            )
+        if values.get("train_prm_degenerate"):
+            notes.append(
+                f"- `{name}` was flagged degenerate by train-prm on its held-out rollouts."
+            )
+    return rule + ("\n\n" + "\n".join(notes) if notes else "")
+
+
 def write_report(out: Path, results: dict, trajectories: dict, cfg) -> Path:
     """report.md: policy, PRM quality, then every bon / search / rl run given; printed to the terminal too."""
     from rich.markdown import Markdown
@@ -250,6 +298,8 @@ def write_report(out: Path, results: dict, trajectories: dict, cfg) -> Path:
                 [[p["pass@1"], p[f"maj@{p['k']}"], p[f"pass@{p['k']}"], p["sample_accuracy"]]],
             )
         )
+    if results.get("coupling"):
+        parts.append(coupling_section(results["coupling"]))
     keys = [
         "step_auroc",
         "outcome_auroc",
@@ -266,12 +316,14 @@ def write_report(out: Path, results: dict, trajectories: dict, cfg) -> Path:
     ):
         if results.get(section):
             rows = [
-                [name, *[values.get(k) for k in keys]] for name, values in results[section].items()
+                [name, *[values.get(k) for k in keys], _yes_no(values.get("degenerate"))]
+                for name, values in results[section].items()
             ]
             parts.append(
                 f"## {title}\n\nStep AUROC against exact step truth; first-error identification "
                 "(ProcessBench F1, threshold chosen on a held-out part); ECE of the last-step value; "
-                "smoothness = mean |V(t+1) - V(t)| per step and per token (lower is smoother).\n\n"
+                "smoothness = mean |V(t+1) - V(t)| per step and per token (lower is smoother); "
+                "degenerate = learned nothing beyond the base rate (see below).\n\n"
                 + md_table(
                     [
                         "PRM",
@@ -283,9 +335,11 @@ def write_report(out: Path, results: dict, trajectories: dict, cfg) -> Path:
                         "ECE",
                         "smoothness",
                         "smoothness/token",
+                        "degenerate",
                     ],
                     rows,
                 )
+                + degenerate_notes(results[section])
             )
     if trajectories:
         plot_trajectories(trajectories, out / "value_trajectories.png")

@@ -4,7 +4,9 @@ Policy: greedy pass@1, and maj@k / pass@k over k temperature samples per problem
 Each PRM scores those samples; against exact `step_truth` it gets step AUROC,
 ProcessBench first-error identification (threshold chosen on one part of the
 problems, reported on the rest), ECE of the last-step value against the verdict,
-and smoothness of the value trajectories (d = 1 and d = tokens of the next step).
+and smoothness of the value trajectories (d = 1 and d = tokens of the next step), and
+whether it is degenerate (`metrics.degeneracy`, the rule train-prm applies). The samples'
+process–outcome coupling (`metrics.coupling`) says how far the verdict follows the steps.
 `--steps-file` evaluates PRMs on external ProcessBench-format data instead.
 `report.md` gathers these tables with the bon / search / rl runs given.
 """
@@ -128,12 +130,28 @@ def prm_quality(
         out.update(
             first_error_threshold=threshold, **{f"first_error_{k}": v for k, v in bench.items()}
         )
+    outcome = None
     if all("correct" in r for r in rows):
-        out["ece_last_step"] = M.ece([v[-1] for v in values], [r["correct"] for r in rows])
-        out["outcome_auroc"] = M.auroc([v[-1] for v in values], [r["correct"] for r in rows])
+        outcome = ([v[-1] for v in values], [r["correct"] for r in rows])
+        out["ece_last_step"] = M.ece(*outcome)
+        out["outcome_auroc"] = M.auroc(*outcome)
     out["smoothness"] = M.smoothness(values)
     out["smoothness_per_token"] = M.smoothness(values, tokens)
+    step = ([v for v, _ in pairs], [t for _, t in pairs]) if pairs else None
+    out.update(M.degeneracy(values, step=step, outcome=outcome))
     return out, values
+
+
+def train_prm_flag(path: str) -> bool | None:
+    """`degenerate` from a train-prm run folder's held-out metrics, None when not recorded."""
+    metrics = Path(path) / "metrics.json"
+    if not metrics.is_file():
+        return None
+    try:
+        flag = json.loads(metrics.read_text(encoding="utf-8")).get("degenerate")
+    except (ValueError, AttributeError):
+        return None
+    return flag if isinstance(flag, bool) else None
 
 
 def read_steps_file(path: str) -> list[dict[str, Any]]:
@@ -204,6 +222,7 @@ def steps_file_quality(
         "first_error_threshold": threshold,
         **{f"first_error_{k}": v for k, v in bench.items()},
         "smoothness": M.smoothness(values),
+        **M.degeneracy(values, step=([v for v, _ in pairs], [t for _, t in pairs])),
     }
 
 
@@ -248,13 +267,18 @@ def run(cfg: EvalConfig) -> Path:
                 run.add_input(role if len(paths) == 1 else f"{role}{i}", path)
         results: dict[str, Any] = {"task": cfg.task, "split": cfg.split, "seed": cfg.seed}
         trajectories: dict[str, tuple[list[list[float]], list[int]]] = {}
+        held_out = {Path(p).name or p: train_prm_flag(p) for p in cfg.prm}
         if model_path:
             rows, results["policy"] = sample_policy(cfg, model_path)
+            results["coupling"] = M.coupling(
+                [r["correct"] for r in rows], [r["truth"] for r in rows]
+            )
             results["prm"] = {}
             for name, prm in prms.items():
                 results["prm"][name], values = prm_quality(
                     prm, rows, cfg.threshold_fraction, cfg.batch_size
                 )
+                results["prm"][name]["train_prm_degenerate"] = held_out[name]
                 trajectories[name] = (values, [r["correct"] for r in rows if r["steps"]])
         if file_rows:
             results["steps_file"] = {
@@ -270,9 +294,13 @@ def run(cfg: EvalConfig) -> Path:
 def flat_metrics(results: dict[str, Any]) -> dict[str, Any]:
     """The manifest's metrics: policy numbers, then `<prm>/<metric>` for each PRM."""
     out = dict(results.get("policy") or {})
+    if (results.get("coupling") or {}).get("coupling") is not None:
+        out["coupling"] = results["coupling"]["coupling"]
     for section in ("prm", "steps_file"):
         for name, values in (results.get(section) or {}).items():
             for key in ("step_auroc", "first_error_f1", "ece_last_step", "smoothness"):
                 if values.get(key) is not None:
                     out[f"{section}:{name}/{key}"] = round(values[key], 4)
+            if values.get("degenerate") is not None:
+                out[f"{section}:{name}/degenerate"] = values["degenerate"]
     return out
