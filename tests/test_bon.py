@@ -142,6 +142,15 @@ def test_bon_end_to_end_results_match_an_independent_recomputation(tiny_policy, 
             recompute(frame, column, row["agg"], row["vote"], row["n"], 3, 0)
         ), row
     assert (out / "bon_accuracy.png").stat().st_size > 0
+    # PRM-weighted minus majority at N=8: recomputed per problem from scores.parquet.
+    assert len(results["vs_majority"]) == 2 * 4
+    at_8 = {r["name"]: r["accuracy"] for r in results["rows"] if r["n"] == 8}
+    for paired in results["vs_majority"]:
+        prm, agg, _ = paired["name"].split("/")
+        expected = at_8[paired["name"]] - at_8["majority"]
+        assert paired["minus_majority"] == pytest.approx(expected, abs=1e-4), paired
+        low, high = paired["ci95"]
+        assert low <= paired["minus_majority"] <= high
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and set(manifest["inputs"]) == {
         "policy",

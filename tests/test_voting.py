@@ -8,6 +8,7 @@ from tdrm_cli.voting import (
     accuracy_at_n,
     majority,
     naive,
+    paired_bootstrap,
     powers_of_two,
     subset_indices,
     voted_correct,
@@ -137,3 +138,23 @@ def test_vectorized_accuracy_equals_the_pure_votes_with_many_ties():
             assert accuracy_at_n(answers, correct, scores, vote, n, 5, 7) == loop_accuracy(
                 answers, correct, scores, vote, n, 5, 7
             )
+
+
+def test_paired_bootstrap_interval_is_for_the_difference():
+    import numpy as np
+
+    # Identical methods: difference exactly 0, interval [0, 0].
+    same = [1, 0, 1, 1, 0]
+    assert paired_bootstrap(same, same) == (0.0, 0.0, 0.0)
+    # a wins on 30 of 200 problems and never loses: mean 0.15, interval above 0 and around it.
+    a = np.array([1] * 30 + [0] * 170)
+    b = np.zeros(200)
+    diff, low, high = paired_bootstrap(a, b, seed=1)
+    assert diff == pytest.approx(0.15)
+    assert 0.0 < low < 0.15 < high < 0.25
+    # The standard error of a mean of 0/1 differences is sqrt(p(1-p)/n) = 0.0252: the
+    # interval spans about 2 x 1.96 of it.
+    assert high - low == pytest.approx(2 * 1.96 * (0.15 * 0.85 / 200) ** 0.5, rel=0.15)
+    # Paired: two methods right on the same problems have a zero-width interval even though
+    # each accuracy alone is uncertain.
+    assert paired_bootstrap(a, a.copy()) == (0.0, 0.0, 0.0)

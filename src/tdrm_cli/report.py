@@ -128,8 +128,34 @@ def bon_section(run_dir: Path, out: Path) -> str:
         + "\n\n"
         + md_table(["curve", *[f"N={n}" for n in ns]], rows)
         + "\n"
+        + paired_table(results.get("vs_majority") or [])
     )
     return text + copy_plots(run_dir, out, "bon", "best-of-N accuracy vs N")
+
+
+def paired_table(paired: list[dict]) -> str:
+    """PRM-weighted minus majority at the largest N, with its paired bootstrap interval."""
+    if not paired:
+        return ""
+    rows = [
+        [
+            p["name"],
+            f"{p['minus_majority']:+.3f}",
+            f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]",
+            "PRM better"
+            if p["ci95"][0] > 0
+            else "majority better"
+            if p["ci95"][1] < 0
+            else "within noise",
+        ]
+        for p in paired
+    ]
+    return (
+        f"\nPRM-weighted vote minus majority at N={paired[0]['n']} (same candidates; 95% paired "
+        "bootstrap interval over problems):\n\n"
+        + md_table(["curve", "minus majority", "95% CI", "reading"], rows)
+        + "\n"
+    )
 
 
 def search_section(run_dir: Path, out: Path) -> str:

@@ -119,7 +119,13 @@ def as_arrays(
 
 
 def _vote_hits(arrays: dict[str, Any], vote: str | None, subset: Any) -> int:
-    """Problems the vote gets right on one subset `[problems, n]` (vectorized over problems).
+    """Problems the vote gets right on one subset `[problems, n]`."""
+    return int(vote_correct(arrays, vote, subset).sum())
+
+
+def vote_correct(arrays: dict[str, Any], vote: str | None, subset: Any):
+    """Per problem, whether the vote is right on one subset `[problems, n]` (bool array,
+    vectorized over problems).
 
     Weighted totals are accumulated candidate by candidate in subset order, exactly like
     the loop in `_best_answer`, so exact ties (and their tie-break) come out the same."""
@@ -127,18 +133,18 @@ def _vote_hits(arrays: dict[str, Any], vote: str | None, subset: Any) -> int:
 
     correct = np.take_along_axis(arrays["correct"], subset, axis=1)
     if vote is None:
-        return int(correct.any(axis=1).sum())
+        return correct.any(axis=1)
     rows = np.arange(subset.shape[0])
     scores = (
         None if arrays["scores"] is None else np.take_along_axis(arrays["scores"], subset, axis=1)
     )
     if vote == "naive":
-        return int(correct[rows, scores.argmax(axis=1)].sum())
+        return correct[rows, scores.argmax(axis=1)] > 0
     ids = np.take_along_axis(arrays["ids"], subset, axis=1)
     weights = np.ones(subset.shape, dtype=np.float64) if vote == "majority" else scores
     width = int(arrays["ids"].max(initial=-1)) + 1
     if width == 0:
-        return 0
+        return np.zeros(subset.shape[0], dtype=bool)
     totals = np.zeros((subset.shape[0], width))
     first = np.full((subset.shape[0], width), subset.shape[1], dtype=np.int64)
     for j in range(subset.shape[1]):
@@ -152,7 +158,9 @@ def _vote_hits(arrays: dict[str, Any], vote: str | None, subset: Any) -> int:
         axis=1
     )  # the tie goes to the answer seen first
     voted = pick < subset.shape[1]
-    return int(correct[rows[voted], pick[voted]].sum())
+    hit = np.zeros(subset.shape[0], dtype=bool)
+    hit[rows[voted]] = correct[rows[voted], pick[voted]] > 0
+    return hit
 
 
 def accuracy_at_n(
@@ -184,3 +192,22 @@ def accuracy_at_n(
     mean = sum(accuracies) / len(accuracies)
     std = (sum((a - mean) ** 2 for a in accuracies) / len(accuracies)) ** 0.5
     return mean, std
+
+
+def paired_bootstrap(
+    a: Any, b: Any, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of `a - b` over problems and its 95% percentile bootstrap interval.
+
+    `a` and `b` are per-problem 0/1 outcomes of two methods on the same problems (and the
+    same candidates), so problems are resampled in pairs: the interval is for the
+    difference itself, not for two independent accuracies."""
+    import numpy as np
+
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if diff.size == 0:
+        return 0.0, 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diff.mean()), float(low), float(high)

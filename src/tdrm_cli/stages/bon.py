@@ -239,6 +239,39 @@ def curves(rows: list[dict[str, Any]], labels: list[str], cfg: BonConfig) -> lis
     return out
 
 
+def against_majority(
+    rows: list[dict[str, Any]], labels: list[str], cfg: BonConfig
+) -> list[dict[str, Any]]:
+    """Every PRM x aggregation's weighted vote minus majority at the largest N, per problem
+    on the same candidates, with a paired bootstrap 95% interval."""
+    import numpy as np
+
+    answers, correct = by_problem(rows, "answer"), by_problem(rows, "correct")
+    plain = voting.as_arrays(answers, correct, None)
+    m = plain["ids"].shape[1]
+    everything = np.tile(np.arange(m), (plain["ids"].shape[0], 1))
+    majority = voting.vote_correct(plain, "majority", everything)
+    out = []
+    for agg in choices(cfg.agg, AGG_CHOICES):
+        for label in labels:
+            scores = [
+                [aggregate(v, agg) for v in values]
+                for values in by_problem(rows, f"scores_{label}")
+            ]
+            arrays = voting.as_arrays(answers, correct, scores)
+            weighted = voting.vote_correct(arrays, "weighted", everything)
+            diff, low, high = voting.paired_bootstrap(weighted, majority, seed=cfg.seed)
+            out.append(
+                {
+                    "name": f"{label}/{agg}/weighted",
+                    "n": m,
+                    "minus_majority": round(diff, 4),
+                    "ci95": [round(low, 4), round(high, 4)],
+                }
+            )
+    return out
+
+
 # ---------------------------------------------------------------- save and show
 
 
@@ -318,6 +351,7 @@ def run(cfg: BonConfig) -> Path:
         score_candidates(rows, prms, labels, cfg.batch_size)
         scored = time.perf_counter()
         results = curves(rows, labels, cfg)
+        paired = against_majority(rows, labels, cfg)
         problems = len({r["problem_id"] for r in rows})
         write_scores(run.path / SCORES, rows, labels)
         atomic_write_json(
@@ -330,12 +364,14 @@ def run(cfg: BonConfig) -> Path:
                 "seed": cfg.seed,
                 "prms": dict(zip(labels, cfg.prm, strict=True)),
                 "rows": results,
+                "vs_majority": paired,
             },
         )
         plots.bon_accuracy(
             results, run.path / PLOT, f"best-of-N on {problems} problems ({cfg.task}, {cfg.split})"
         )
         metrics = summary(results, cfg.n)
+        metrics["vs_majority"] = {p["name"]: [p["minus_majority"], *p["ci95"]] for p in paired}
         metrics.update(
             problems=problems,
             generated_tokens=tokens,
