@@ -67,3 +67,47 @@ def test_every_stage_loads_the_policy_tokenizer_intact(tiny_policy):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert len(ids) == len(text)
         assert tokenizer.decode(ids) == text
+
+
+def test_stop_at_pass1_stops_at_the_first_check_that_reaches_it(tmp_path, monkeypatch):
+    from tdrm_cli.stages import sft
+
+    checked = []
+
+    def fake_pass1(model, tokenizer, task, problems):
+        checked.append(len(problems))
+        return [0.1, 0.4, 0.7, 0.9][len(checked) - 1]
+
+    monkeypatch.setattr(sft, "greedy_pass1", fake_pass1)
+    args = ["sft", "--out", tmp_path / "s", "--max-steps", "40", "--train-problems", "200"]
+    tiny = ["--hidden-size", "16", "--layers", "1", "--heads", "1", "--eval-problems", "0"]
+    flags = ["--stop-at-pass1", "0.6", "--check-every", "5", "--check-problems", "7"]
+    result = invoke(*args, *tiny, *flags)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    # Checks at steps 5, 10, 15: the third (0.7) reaches 0.6, so training ends at step 15.
+    assert checked == [7, 7, 7]
+    assert metrics["train_steps"] == 15 and metrics["stopped_at_pass1"] == 0.7
+
+
+def test_greedy_pass1_grades_the_models_greedy_solutions(tiny_policy):
+    from transformers import AutoModelForCausalLM
+
+    from tdrm_cli.generation import HFBackend, Sampling
+    from tdrm_cli.stages.sft import PROMPT_TEMPLATE, greedy_pass1
+    from tdrm_cli.steps import split_steps
+    from tdrm_cli.tasks import grade, load_task
+
+    task = load_task("arith")
+    problems = task.problems("train", 12)
+    model_dir = tiny_policy / "model"
+    backend = HFBackend(str(model_dir), batch_size=12)
+    greedy = backend.generate(
+        [PROMPT_TEMPLATE.format(question=p.question) for p in problems],
+        Sampling(n=1, temperature=0.0, max_new_tokens=96),
+    )
+    expected = sum(
+        grade(task, p, split_steps(g[0].text))[1] for p, g in zip(problems, greedy, strict=True)
+    )
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert greedy_pass1(model, backend.tokenizer, task, problems) == expected / 12

@@ -69,10 +69,24 @@ class SFTConfig(RunConfig):
     eval_problems: int = opt(200, "Held-out problems for the final greedy pass@1.")
     max_steps: int = opt(-1, "Stop after this many optimizer steps (-1: set by --epochs).")
     save_steps: int = opt(200, "Checkpoint every this many optimizer steps (for --resume).")
+    stop_at_pass1: float | None = opt(
+        None,
+        "Stop training once greedy pass@1 on held-aside train-split problems reaches this "
+        "(checked every --check-every steps): a policy of a chosen strength, leaving room for "
+        "a verifier.",
+    )
+    check_every: int = opt(25, "Steps between --stop-at-pass1 checks.")
+    check_problems: int = opt(100, "Held-aside train-split problems for --stop-at-pass1.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.train_problems > 0, "--train-problems must be > 0")
+        _check(
+            self.stop_at_pass1 is None or 0.0 < self.stop_at_pass1 <= 1.0,
+            "--stop-at-pass1 must be in (0, 1]",
+        )
+        _check(self.check_every > 0, "--check-every must be > 0")
+        _check(self.check_problems > 0, "--check-problems must be > 0")
         _check(self.epochs > 0, "--epochs must be > 0")
         _check(self.batch_size > 0, "--batch-size must be > 0")
         _check(self.learning_rate > 0, "--learning-rate must be > 0")

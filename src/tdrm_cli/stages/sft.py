@@ -102,6 +102,52 @@ def pad_collator(pad_id: int):
     return collate
 
 
+def greedy_pass1(model: Any, tokenizer: Any, task: Task, problems: list[Problem]) -> float:
+    """Greedy pass@1 of an in-memory policy on `problems` (one batch)."""
+    import torch
+
+    prompts = [PROMPT_TEMPLATE.format(question=p.question) for p in problems]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        out = model.generate(
+            **enc,
+            do_sample=False,
+            max_new_tokens=96,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    model.train(was_training)
+    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    right = [grade(task, p, split_steps(t))[1] for p, t in zip(problems, texts, strict=True)]
+    return sum(right) / len(right)
+
+
+def stop_at_pass1(task: Task, problems: list[Problem], tokenizer: Any, target: float, every: int):
+    """A Trainer callback: every `every` steps, greedy pass@1 on `problems` (held aside from
+    the training problems); training stops once it reaches `target` (`.reached` then holds
+    the step and the value)."""
+    from transformers import TrainerCallback
+
+    class StopAtPass1(TrainerCallback):
+        reached: tuple[int, float] | None = None
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every == 0 and model is not None:
+                value = greedy_pass1(model, tokenizer, task, problems)
+                if value >= target:
+                    log(
+                        f"sft: greedy pass@1 {value:.3f} >= {target} at step {state.global_step}; stopping"
+                    )
+                    self.reached = (state.global_step, value)
+                    control.should_training_stop = True
+            return control
+
+    return StopAtPass1()
+
+
 def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
     import torch
     from transformers import Trainer, TrainingArguments, set_seed
@@ -115,7 +161,17 @@ def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
     log(
         f"policy: Qwen2 {cfg.layers}x{cfg.hidden_size}, {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}"
     )
-    dataset = SFTDataset(task, task.problems("train", cfg.train_problems), tokenizer)
+    problems = task.problems(
+        "train", cfg.train_problems + (cfg.check_problems if cfg.stop_at_pass1 else 0)
+    )
+    dataset = SFTDataset(task, problems[: cfg.train_problems], tokenizer)
+    callbacks = [NoFinalCheckpoint()]
+    stopper = None
+    if cfg.stop_at_pass1 is not None:
+        stopper = stop_at_pass1(
+            task, problems[cfg.train_problems :], tokenizer, cfg.stop_at_pass1, cfg.check_every
+        )
+        callbacks.append(stopper)
     ckpt_dir = run.path / "checkpoints"
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
@@ -140,7 +196,7 @@ def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
         args=args,
         train_dataset=dataset,
         data_collator=pad_collator(tokenizer.pad_token_id),
-        callbacks=[NoFinalCheckpoint()],
+        callbacks=callbacks,
     )
     checkpoint = last_checkpoint(ckpt_dir) if cfg.resume else None
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -151,6 +207,12 @@ def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
     atomic_write_json(model_dir / POLICY_META, meta)
     run.manifest["metrics"]["train_loss"] = round(float(result.training_loss), 4)
     run.manifest["metrics"]["train_steps"] = int(result.global_step)
+    if stopper is not None:
+        run.manifest["metrics"]["stopped_at_pass1"] = (
+            None if stopper.reached is None else round(stopper.reached[1], 4)
+        )
+        if stopper.reached is None:
+            log(f"sft: greedy pass@1 never reached {cfg.stop_at_pass1}; trained every step")
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return model_dir
 
