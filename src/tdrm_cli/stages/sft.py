@@ -67,12 +67,13 @@ class SFTDataset:
     """Prompt tokens masked out of the loss; the solution and EOS are learned."""
 
     def __init__(self, task: Task, problems: list[Problem], tokenizer: Any):
+        # One batched call each (the fast tokenizer encodes a list in one go).
+        prompts = tokenizer([PROMPT_TEMPLATE.format(question=p.question) for p in problems])
+        answers = tokenizer(
+            [join_steps(task.reference_steps(p)) for p in problems], add_special_tokens=False
+        )
         self.rows = []
-        for p in problems:
-            prompt = tokenizer(PROMPT_TEMPLATE.format(question=p.question))["input_ids"]
-            answer = tokenizer(join_steps(task.reference_steps(p)), add_special_tokens=False)[
-                "input_ids"
-            ]
+        for prompt, answer in zip(prompts["input_ids"], answers["input_ids"], strict=True):
             answer = [*answer, tokenizer.eos_token_id]
             self.rows.append((prompt + answer, [-100] * len(prompt) + answer))
 
