@@ -256,3 +256,94 @@ def test_check_causal_lm(base, tmp_path):
     )
     with pytest.raises(UsageError, match="not a causal LM"):
         check_causal_lm(str(t5))
+
+
+# ---------------------------------------------------------------- the likelihood head
+
+
+def likelihood_prm(base) -> PRM:
+    import torch
+
+    torch.manual_seed(1)
+    tokenizer = load_tokenizer(str(base))
+    model = load_value_model(str(base), tokenizer.pad_token_id)
+    meta = prm_meta(tokenizer, read_policy_meta(base), agg="min", loss="td", head="likelihood")
+    return PRM(model, tokenizer, meta)
+
+
+def reference_likelihood_values(base, prm: PRM, question: str, steps: list[str]) -> list[float]:
+    """By hand, per prefix: the causal LM's log-probability of every step token (its own LM
+    head, not the PRM's), the running minimum, plus the linear head at the prefix's end."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(str(base)).eval()
+    out = []
+    for t in range(1, len(steps) + 1):
+        encoded = prm.encode(question, steps[:t])
+        ids = torch.tensor([encoded.ids])
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(lm(input_ids=ids).logits[0].float(), dim=-1)
+            floor = min(
+                logprobs[j - 1, encoded.ids[j]].item()
+                for j in range(encoded.prompt_len, len(encoded.ids))
+            )
+            linear = prm.model(input_ids=ids).logits[0, -1, 0].item()
+        out.append(1.0 / (1.0 + math.exp(-(linear + min(floor, 0.0)))))
+    return out
+
+
+def test_likelihood_head_equals_the_causal_lm_by_hand(base):
+    prm = likelihood_prm(base)
+    questions, solutions = arith_solutions(8, seed=4)
+    scores = prm.score(questions, solutions, batch_size=3)
+    diffs = [
+        abs(a - b)
+        for q, steps, row in zip(questions, solutions, scores, strict=True)
+        for a, b in zip(row, reference_likelihood_values(base, prm, q, steps), strict=True)
+    ]
+    assert len(diffs) > 8 and max(diffs) < 1e-5
+    # It is not the linear head: the floor lowers every value.
+    linear = prm_from_base(base).score(questions, solutions, batch_size=3)
+    assert all(
+        a < b for r1, r2 in zip(scores, linear, strict=True) for a, b in zip(r1, r2, strict=True)
+    )
+
+
+def test_likelihood_head_survives_save_and_load(base, tmp_path):
+    prm = likelihood_prm(base)
+    loaded = load_prm(prm.save(tmp_path / "prm"))
+    assert loaded.head == "likelihood"
+    questions, solutions = arith_solutions(5, seed=2)
+    before, after = prm.score(questions, solutions), loaded.score(questions, solutions)
+    assert (
+        max(
+            abs(a - b)
+            for r, s in zip(before, after, strict=True)
+            for a, b in zip(r, s, strict=True)
+        )
+        < 1e-6
+    )
+
+
+def test_likelihood_head_refusals(base, tmp_path):
+    from tdrm_cli.prm import check_head
+
+    prm = likelihood_prm(base)
+    folder = prm.save(tmp_path / "prm")
+    meta = json.loads((folder / "tdrm_prm.json").read_text())
+    (folder / "tdrm_prm.json").write_text(json.dumps({**meta, "head": "median"}))
+    with pytest.raises(UsageError, match="head 'median' is unknown"):
+        load_prm(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "tdrm_prm.json").write_text(json.dumps(meta))
+    (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    with pytest.raises(UsageError, match="tied"):
+        load_prm(folder)
+
+    class Untied:
+        tie_word_embeddings = False
+
+    check_head("linear", Untied(), "x")  # the linear head needs nothing
+    with pytest.raises(UsageError, match="tie_word_embeddings"):
+        check_head("likelihood", Untied(), "x")

@@ -549,3 +549,24 @@ def test_ddp_two_cpu_processes(data, tmp_path):
     assert metrics["train_steps"] == 6 and metrics["train_rows"] == 48
     assert read_manifest(out)["status"] == "complete"
     assert len(load_prm(out).score(["1+2"], [["1+2=3", "answer 3"]])[0]) == 2
+
+
+def test_likelihood_head_end_to_end_and_refusals(tiny_collect, tmp_path):
+    from tdrm_cli.prm import load_prm
+
+    out = tmp_path / "prm-lik"
+    common = ("train-prm", "--data", tiny_collect, "--head", "likelihood", *TINY)
+    result = invoke(*common, "--out", out, "--max-steps", "2", "--eval-fraction", "0.34")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "model" / "tdrm_prm.json").read_text())["head"] == "likelihood"
+    prm = load_prm(out)
+    assert prm.head == "likelihood"
+    assert len(prm.score(["1+2"], [["1+2=3", "answer 3"]])[0]) == 2
+    one_line_error(
+        invoke(*common, "--out", tmp_path / "x", "--lora-r", "2"),
+        "--head likelihood does not combine with --lora-r",
+    )
+    one_line_error(
+        invoke(*common[: -len(TINY)], "--head", "mean", "--out", tmp_path / "y"), "--head mean"
+    )
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -168,6 +168,12 @@ class TrainPRMConfig(RunConfig):
     )
     save_steps: int = opt(200, "Checkpoint every this many optimizer steps (for --resume).")
     agg: str = opt("min", "Default aggregation recorded with the PRM: min, last, prod or mean.")
+    head: str = opt(
+        "linear",
+        "Value head: linear (on the last token's hidden state) or likelihood (linear plus the "
+        "lowest log-probability the backbone's own LM gives any step token so far; needs tied "
+        "embeddings).",
+    )
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
     allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
@@ -195,6 +201,14 @@ class TrainPRMConfig(RunConfig):
         _check(self.learning_rate > 0, "--learning-rate must be > 0")
         _check(0.0 <= self.eval_fraction < 1.0, "--eval-fraction must be in [0, 1)")
         _check(self.lora_r >= 0, "--lora-r must be >= 0")
+        _check(
+            self.head in ("linear", "likelihood"),
+            f"--head {self.head}: expected linear or likelihood",
+        )
+        _check(
+            not (self.lora_r and self.head != "linear"),
+            "--head likelihood does not combine with --lora-r",
+        )
         _check(
             self.logging_steps > 0 and self.save_steps > 0,
             "--logging-steps and --save-steps must be > 0",

@@ -83,6 +83,7 @@ def pad_batch(rows: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
 
     Right padding keeps every real token at the position it has alone, so values do not
     depend on what shares the batch. Padded step slots point at token 0 and are masked.
+    `prompt_len` (`[batch]`) is where each row's steps start (for the likelihood head).
     """
     import torch
 
@@ -92,6 +93,7 @@ def pad_batch(rows: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     step_index = torch.zeros((len(rows), steps), dtype=torch.long)
     step_mask = torch.zeros((len(rows), steps), dtype=torch.bool)
+    prompt_len = torch.tensor([r.prompt_len for r in rows], dtype=torch.long)
     for i, r in enumerate(rows):
         input_ids[i, : len(r.ids)] = torch.tensor(r.ids)
         attention_mask[i, : len(r.ids)] = 1
@@ -102,13 +104,63 @@ def pad_batch(rows: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
         "attention_mask": attention_mask,
         "step_index": step_index,
         "step_mask": step_mask,
+        "prompt_len": prompt_len,
     }
 
 
-def step_logits(model: Any, input_ids, attention_mask, step_index):
+HEADS = {
+    "linear": "value logit = a linear head on the last token's hidden state",
+    "likelihood": "the linear head plus the lowest log-probability the backbone's own LM "
+    "(tied input embeddings) gives any token of the steps so far: it reads how likely the "
+    "backbone finds what each step states",
+}
+"""Value heads a PRM can have (`tdrm_prm.json` `head`; absent means `linear`)."""
+
+
+def step_logits(
+    model: Any, input_ids, attention_mask, step_index, head: str = "linear", prompt_len=None
+):
     """Head logits at each step's last token: `[batch, steps]` from one forward pass."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, T, 1]
-    return logits[..., 0].gather(1, step_index)
+    if head == "linear":
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, T, 1]
+        return logits[..., 0].gather(1, step_index)
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    linear = value_head(model)(hidden)[..., 0]
+    floor = likelihood_floor(model, hidden, input_ids, prompt_len)
+    return (linear + floor.to(linear.dtype)).gather(1, step_index)
+
+
+def value_head(model: Any):
+    """The token-classification head of a transformers model (`score` or `classifier`)."""
+    head = getattr(model, "score", None) or getattr(model, "classifier", None)
+    if head is None:
+        raise UsageError(f"{type(model).__name__}: no 'score' or 'classifier' head")
+    return head
+
+
+def likelihood_floor(model: Any, hidden, input_ids, prompt_len):
+    """`[B, T]`: at position j, the lowest log-probability the backbone's LM (hidden states
+    times the tied input embeddings) gives any step token up to j (0 inside the prompt)."""
+    import torch
+
+    embeddings = model.get_input_embeddings().weight
+    logprobs = torch.log_softmax((hidden[:, :-1] @ embeddings.T).float(), dim=-1)
+    token = logprobs.gather(-1, input_ids[:, 1:, None])[..., 0]  # log p(token j | < j), j >= 1
+    token = torch.cat([torch.zeros_like(token[:, :1]), token], dim=1)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    in_steps = positions[None, :] >= prompt_len.to(input_ids.device)[:, None]
+    return torch.cummin(torch.where(in_steps, token, torch.zeros_like(token)), dim=1).values
+
+
+def check_head(head: str, config: Any, where: str) -> None:
+    """A one-line UsageError unless `head` is known and the backbone can carry it."""
+    if head not in HEADS:
+        raise UsageError(f"{where}: head '{head}' is unknown (known: {', '.join(HEADS)})")
+    if head == "likelihood" and not getattr(config, "tie_word_embeddings", False):
+        raise UsageError(
+            f"{where}: head 'likelihood' needs a backbone whose LM head is tied to its input "
+            f"embeddings (tie_word_embeddings), which this one is not"
+        )
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
@@ -212,6 +264,7 @@ class PRM:
         self.meta = meta
         self.separator: str = meta.get("separator") or DEFAULT_SEPARATOR
         self.agg: str = meta.get("agg", "min")
+        self.head: str = meta.get("head") or "linear"
         self._prompts: dict[str, tuple[str, int]] = {}
 
     @property
@@ -256,6 +309,8 @@ class PRM:
                     batch["input_ids"].to(self.device),
                     batch["attention_mask"].to(self.device),
                     batch["step_index"].to(self.device),
+                    self.head,
+                    batch["prompt_len"],
                 )
             probs = torch.sigmoid(logits.float()).cpu()
             for row, i in enumerate(rows):
@@ -295,6 +350,13 @@ def _json_object(path: Path, role: str) -> dict[str, Any]:
     return data
 
 
+class _Fields:
+    """Attribute access to a config.json dict (for `check_head`)."""
+
+    def __init__(self, data: dict[str, Any]):
+        self.__dict__.update(data)
+
+
 def load_prm(
     path_or_run: str | Path,
     role: str = "prm",
@@ -324,6 +386,10 @@ def load_prm(
             f"--{role} {path}: config.json is not a one-label token-classification model"
         )
     meta = _json_object(meta_path, role)
+    head = meta.get("head") or "linear"
+    if not isinstance(head, str):
+        raise UsageError(f"{meta_path} (--{role}): field 'head' must be a string")
+    check_head(head, _Fields(config), f"{meta_path} (--{role})")
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)

@@ -123,9 +123,17 @@ class PRMTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
-    def __init__(self, *args: Any, targets: Targets, target_refresh: int = 0, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        targets: Targets,
+        target_refresh: int = 0,
+        head: str = "linear",
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.targets = targets
+        self.head = head
         self.target_refresh = target_refresh
         self._target_step: int | None = None
         self._train_metrics: dict[str, list[float]] = defaultdict(list)
@@ -139,7 +147,12 @@ class PRMTrainer(Trainer):
 
         mask = inputs["step_mask"]
         logits = step_logits(
-            model, inputs["input_ids"], inputs["attention_mask"], inputs["step_index"]
+            model,
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["step_index"],
+            self.head,
+            inputs["prompt_len"],
         ).float()
         values = torch.sigmoid(logits)
         bootstrap = (
@@ -164,6 +177,8 @@ class PRMTrainer(Trainer):
                 inputs["input_ids"],
                 inputs["attention_mask"],
                 inputs["step_index"],
+                self.head,
+                inputs["prompt_len"],
             )
         return torch.sigmoid(logits.float())
 

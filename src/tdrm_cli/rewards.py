@@ -174,7 +174,12 @@ class OnlinePRMUpdate(TrainerCallback):
             mask = batch["step_mask"]
             terminal = torch.tensor([verdict for _, _, verdict in chunk], device=self.prm.device)
             logits = step_logits(
-                self.prm.model, batch["input_ids"], batch["attention_mask"], batch["step_index"]
+                self.prm.model,
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["step_index"],
+                self.prm.head,
+                batch["prompt_len"],
             )
             values = torch.sigmoid(logits.float())
             targets = td.td_lambda_targets(

@@ -148,7 +148,7 @@ class KVScorer:
 def make_scorer(prm: Any, batch_size: int) -> StepScorer:
     return (
         KVScorer(prm, batch_size)
-        if supports_prefix_cache(prm.model)
+        if supports_prefix_cache(prm.model) and getattr(prm, "head", "linear") == "linear"
         else OnePassScorer(prm, batch_size)
     )
 

@@ -28,6 +28,7 @@ from tdrm_cli.prm import (
     Encoded,
     aggregate,
     check_causal_lm,
+    check_head,
     load_tokenizer,
     load_value_model,
     prm_meta,
@@ -294,6 +295,15 @@ def training_args(cfg: TrainPRMConfig, run: Run, report_to: list[str]):
 # ---------------------------------------------------------------- train, save, evaluate
 
 
+def check_base_head(cfg: TrainPRMConfig, base: str) -> None:
+    """`--head likelihood` needs a backbone with tied input/output embeddings."""
+    from transformers import AutoConfig
+
+    if cfg.head != "linear":
+        config = AutoConfig.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
+        check_head(cfg.head, config, f"--head {cfg.head} on --base {base}")
+
+
 def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[str, Any]]:
     import torch
     from transformers import set_seed
@@ -316,6 +326,7 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
         tokenizer,
         read_policy_meta(base),
         agg=cfg.agg,
+        head=cfg.head,
         loss=cfg.loss,
         base=str(cfg.base or base),
         gamma=cfg.gamma,
@@ -336,6 +347,7 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
         callbacks=[*callbacks, NoFinalCheckpoint()],
         targets=Targets.from_config(cfg),
         target_refresh=cfg.target_refresh,
+        head=cfg.head,
     )
     checkpoint = last_checkpoint(run.path / "checkpoints") if cfg.resume else None
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -424,6 +436,7 @@ def run(cfg: TrainPRMConfig) -> Path:
     frame, without_steps = load_rollouts(cfg)
     base_ref, base = resolve_base(cfg, frame)
     check_causal_lm(base, "base", cfg.trust_remote_code)
+    check_base_head(cfg, base)
     if world_size() > 1 and cfg.out is None:
         raise UsageError(
             "--out is required with several processes (every rank must write the same folder)"
