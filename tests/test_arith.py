@@ -58,3 +58,26 @@ def test_options_and_errors():
         load_task("arith:ops=x")
     with pytest.raises(UsageError, match="expected train or test"):
         load_task("arith").problems("dev", 1)
+
+
+def test_mod_option_takes_every_result_modulo():
+    task = ArithTask(ops=5, max_operand=9, mul=True, mod=10)
+    problems = task.problems("train", 50)
+    assert any("*" in p.question for p in problems)
+    for p in problems:
+        value = p.extra["start"]
+        for (op, b), stated in zip(p.extra["ops"], p.extra["values"], strict=True):
+            value = {"+": value + b, "-": value - b, "*": value * b}[op] % 10
+            assert stated == value and 0 <= value <= 9
+        assert p.gold == str(value)
+        steps = task.reference_steps(p)
+        assert task.step_truth(p, steps) == [1] * len(steps)
+        # A step stating the plain (not modular) result is wrong when it differs.
+        a, (op, b) = p.extra["start"], p.extra["ops"][0]
+        plain = {"+": a + b, "-": a - b, "*": a * b}[op]
+        if plain != p.extra["values"][0]:
+            assert task.step_truth(p, [f"{a}{op}{b}={plain}"]) == [0]
+    # Without mod, the same seed draws the same problems as before the option existed.
+    assert ArithTask().problems("train", 1)[0].question == "12-12+13-6-3"
+    with pytest.raises(UsageError):
+        ArithTask(mod=1)

@@ -5,6 +5,9 @@ step per operation and a final answer step, joined by the separator:
 
     12+7=19 | 19-3=16 | 16+9=25 | answer 25
 
+With `mod=M` every result is taken modulo M (`arith:mul=true,mod=10`: `7*3=1`), so a
+running value cannot be read off the question without the steps before it.
+
 A step is correct when it applies the right operation to the true running value and
 states the true result; the answer step is correct when it states the gold answer.
 Train and test problems are disjoint (split by a hash of the question) and
@@ -36,6 +39,9 @@ class ArithTask:
     """Running values stay within 0..max_value."""
     mul: bool = False
     """Allow `*` by small factors (harder)."""
+    mod: int = 0
+    """When > 0, every result is taken modulo `mod` (values 0..mod-1, `*` by any operand):
+    no running value can be read off the question without the steps before it."""
     seed: int = 0
     """Shifts which problems are generated (the split stays disjoint)."""
     name: str = "arith"
@@ -45,10 +51,19 @@ class ArithTask:
             raise UsageError(
                 "--task arith: need ops >= 1, max_operand >= 1, max_value >= max_operand"
             )
+        if self.mod < 0 or self.mod == 1:
+            raise UsageError("--task arith: need mod = 0 (off) or mod >= 2")
 
     @classmethod
     def from_options(cls, **options: str) -> ArithTask:
-        types = {"ops": int, "max_operand": int, "max_value": int, "mul": _as_bool, "seed": int}
+        types = {
+            "ops": int,
+            "max_operand": int,
+            "max_value": int,
+            "mul": _as_bool,
+            "mod": int,
+            "seed": int,
+        }
         kwargs = {}
         for key, value in options.items():
             if key not in types:
@@ -66,9 +81,8 @@ class ArithTask:
     def problems(self, split: str, n: int) -> list[Problem]:
         if split not in ("train", "test"):
             raise UsageError(f"--split {split}: expected train or test")
-        rng = random.Random(
-            f"arith|{split}|{self.seed}|{self.ops}|{self.max_operand}|{self.max_value}|{self.mul}"
-        )
+        key = f"arith|{split}|{self.seed}|{self.ops}|{self.max_operand}|{self.max_value}|{self.mul}"
+        rng = random.Random(key + (f"|mod{self.mod}" if self.mod else ""))
         out: list[Problem] = []
         while len(out) < n:
             start, ops, values = self._draw(rng)
@@ -84,6 +98,12 @@ class ArithTask:
         ops, values = [], []
         while len(ops) < self.ops:
             op = rng.choice("+-*" if self.mul else "+-")
+            if self.mod:
+                b = rng.randint(2 if op == "*" else 1, self.max_operand)
+                ops.append((op, b))
+                value = OPS[op](value, b) % self.mod
+                values.append(value)
+                continue
             b = rng.randint(2, 3) if op == "*" else rng.randint(1, self.max_operand)
             new = OPS[op](value, b)
             if 0 <= new <= self.max_value:
