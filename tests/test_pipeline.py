@@ -117,3 +117,52 @@ def test_second_pipeline_on_the_same_root_is_refused(tmp_path):
     finally:
         held.release()
     assert invoke("pipeline", recipe).exit_code == 0
+
+
+SHRINK = {
+    "sft": {
+        "max_steps": 4,
+        "train_problems": 64,
+        "eval_problems": 4,
+        "check_every": 2,
+        "check_problems": 4,
+    },
+    "collect": {"problems": 4, "n": 4, "mc_rollouts": 1, "shard_size": 2},
+    "train-prm": {"max_steps": 2, "batch_size": 4, "eval_fraction": 0.5},
+    "bon": {"problems": 3, "n": 4, "subsets": 2},
+    "search": {"problems": 2, "beam_width": 2, "expand": 2, "max_depth": 8},
+    "rl": {
+        "problems": 4,
+        "eval_every": 1,
+        "eval_problems": 3,
+        "num_generations": 2,
+        "batch_size": 2,
+        "max_completion_length": 32,
+    },
+    "eval": {"problems": 3, "k": 2},
+}
+
+
+def test_the_demo_recipe_runs_end_to_end_on_a_tiny_budget(tmp_path):
+    """Every stage, option and `@ref` of recipes/demo.yaml as shipped, with only the sizes cut."""
+    import json
+
+    import yaml
+
+    recipe = yaml.safe_load((Path(__file__).parent.parent / "recipes" / "demo.yaml").read_text())
+    recipe["root"] = str(tmp_path / "demo")
+    for step in recipe["stages"]:
+        step["args"].update(SHRINK[step["stage"]])
+    path = tmp_path / "demo.yaml"
+    path.write_text("# tdrm pipeline demo.yaml\n" + yaml.safe_dump(recipe))
+    result = invoke("pipeline", path)
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "demo"
+    for step in recipe["stages"]:
+        assert read_manifest(root / step["name"])["status"] == "complete", step["name"]
+    prm_meta = json.loads((root / "prm-td" / "model" / "tdrm_prm.json").read_text())
+    assert prm_meta["head"] == "likelihood" and prm_meta["base"].endswith("verifier")
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    assert {"prm-td", "prm-mc", "prm-truth"} <= set(metrics["prm"])
+    report = (root / "eval" / "report.md").read_text()
+    assert "minus majority" in report and "coupling" in report.lower()
