@@ -111,3 +111,19 @@ def test_greedy_pass1_grades_the_models_greedy_solutions(tiny_policy):
     )
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     assert greedy_pass1(model, backend.tokenizer, task, problems) == expected / 12
+
+
+def test_init_continues_from_a_policy(tiny_policy, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "more"
+    flags = ["--max-steps", "3", "--train-problems", "64", "--eval-problems", "0"]
+    result = invoke("sft", "--init", tiny_policy, "--out", out, *flags)
+    assert result.exit_code == 0, result.output
+    before = load_file(tiny_policy / "model" / "model.safetensors")
+    after = load_file(out / "model" / "model.safetensors")
+    assert before.keys() == after.keys()  # same architecture as the policy, not the defaults
+    assert any(not (before[k] == after[k]).all() for k in before)  # and trained further
+    assert read_manifest(out)["inputs"]["init"]["path"] == str(tiny_policy.resolve())
+    missing = invoke("sft", "--init", tmp_path / "nope", "--out", tmp_path / "x", *flags)
+    assert missing.exit_code == 2 and not (tmp_path / "x").exists()

@@ -76,6 +76,11 @@ class SFTConfig(RunConfig):
         "a verifier.",
     )
     check_every: int = opt(25, "Steps between --stop-at-pass1 checks.")
+    init: str | None = opt(
+        None,
+        "Start from this policy (an sft/rl run or model folder) instead of fresh weights; "
+        "--hidden-size/--layers/--heads are then the model's own.",
+    )
     check_problems: int = opt(100, "Held-aside train-split problems for --stop-at-pass1.")
 
     def __post_init__(self) -> None:

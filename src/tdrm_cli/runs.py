@@ -246,7 +246,18 @@ class Run:
 
 
 # Config fields that name what a stage reads: never the folder it writes.
-INPUT_FIELDS = ("policy", "data", "base", "prm", "samples", "bon", "search", "rl", "steps_file")
+INPUT_FIELDS = (
+    "policy",
+    "data",
+    "base",
+    "init",
+    "prm",
+    "samples",
+    "bon",
+    "search",
+    "rl",
+    "steps_file",
+)
 
 
 def input_args(cfg: Any) -> dict[str, list[str]]:

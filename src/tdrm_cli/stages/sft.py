@@ -63,6 +63,22 @@ def build_model(cfg: SFTConfig, tokenizer: Any):
     return Qwen2ForCausalLM(config)
 
 
+def load_init(ref: str) -> tuple[Any, Any]:
+    """(tokenizer, causal LM) of the policy `--init` names, to train further."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tdrm_cli.generation import load_tokenizer, weights_kwargs
+    from tdrm_cli.runs import resolve_model
+
+    model_dir, _ = resolve_model(ref, "init", ("sft", "rl"))
+    tokenizer = load_tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, **weights_kwargs(model_dir)
+    )
+    return tokenizer, model
+
+
 class SFTDataset:
     """Prompt tokens masked out of the loss; the solution and EOS are learned."""
 
@@ -156,12 +172,15 @@ def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
     from tdrm_cli.checkpoints import NoFinalCheckpoint, last_checkpoint
 
     set_seed(cfg.seed)
-    tokenizer = build_char_tokenizer()
-    model = build_model(cfg, tokenizer)
+    if cfg.init is None:
+        tokenizer = build_char_tokenizer()
+        model = build_model(cfg, tokenizer)
+    else:
+        tokenizer, model = load_init(cfg.init)
     n_params = sum(p.numel() for p in model.parameters())
-    log(
-        f"policy: Qwen2 {cfg.layers}x{cfg.hidden_size}, {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}"
-    )
+    shape = f"{model.config.num_hidden_layers}x{model.config.hidden_size}"
+    start = f", from {cfg.init}" if cfg.init else ""
+    log(f"policy: Qwen2 {shape}, {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}{start}")
     problems = task.problems(
         "train", cfg.train_problems + (cfg.check_problems if cfg.stop_at_pass1 else 0)
     )
@@ -248,7 +267,13 @@ def run(cfg: SFTConfig) -> Path:
         from tdrm_cli.errors import UsageError
 
         raise UsageError(f"--task {cfg.task}: has no reference solutions to train a policy on")
+    if cfg.init is not None:
+        from tdrm_cli.runs import resolve_model
+
+        resolve_model(cfg.init, "init", ("sft", "rl"))  # a bad --init leaves no run folder
     with run_stage("sft", cfg) as run:
+        if cfg.init is not None:
+            run.add_input("init", cfg.init)
         model_dir = train(cfg, run, task)
         if cfg.eval_problems:
             metrics = evaluate_policy(model_dir, task, cfg.eval_problems, cfg.seed)
