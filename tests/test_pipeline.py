@@ -166,3 +166,5 @@ def test_the_demo_recipe_runs_end_to_end_on_a_tiny_budget(tmp_path):
     assert {"prm-td", "prm-mc", "prm-truth"} <= set(metrics["prm"])
     report = (root / "eval" / "report.md").read_text()
     assert "minus majority" in report and "coupling" in report.lower()
+    assert "The paper's directions, as measured here" in report
+    assert "TD-PRM beats MC-PRM at Best-of-N" in report

@@ -376,12 +376,99 @@ def write_report(out: Path, results: dict, trajectories: dict, cfg) -> Path:
     parts += [search_section(Path(p), out) for p in cfg.search]
     if cfg.rl:
         parts.append(rl_section(cfg.rl, out))
+    directions = paper_directions(cfg, results)
+    if directions:
+        parts.append(directions)
     text = "\n\n".join(parts) + "\n"
     from tdrm_cli.runs import atomic_write_text
 
     atomic_write_text(out / "report.md", text)
     console.print(Markdown(text))
     return out / "report.md"
+
+
+def _reading(diff: float, low: float, high: float, better: str, worse: str) -> str:
+    return better if low > 0 else worse if high < 0 else "within noise"
+
+
+def _unpaired(a: float, b: float, n_a: int, n_b: int) -> tuple[float, float, float]:
+    """a - b and a normal 95% interval for two accuracies on separate samples."""
+    se = (a * (1 - a) / max(n_a, 1) + b * (1 - b) / max(n_b, 1)) ** 0.5
+    return a - b, a - b - 1.96 * se, a - b + 1.96 * se
+
+
+def paper_directions(cfg, results: dict) -> str:
+    """The paper's directions (TD-PRM vs MC-PRM at Best-of-N and search, PRM+RLVR vs RLVR),
+    each stated as measured here: holds, does not hold, or within noise (95% intervals)."""
+    from tdrm_cli.voting import paired_bootstrap
+
+    rows: list[list] = []
+
+    def add(claim: str, diff: float, low: float, high: float, how: str) -> None:
+        verdict = _reading(diff, low, high, "holds", "does not hold")
+        rows.append([claim, f"{diff:+.3f}", f"[{low:+.3f}, {high:+.3f}]", how, verdict])
+
+    td, mc = "prm-td", "prm-mc"
+    for run_dir in cfg.bon:
+        paired = {
+            p["name"].split("/")[0]: p
+            for p in _load(Path(run_dir), "results.json").get("vs_majority", [])
+        }
+        if td in paired and mc in paired and "hits" in paired[td]:
+            diff, low, high = paired_bootstrap(paired[td]["hits"], paired[mc]["hits"])
+            add(
+                f"TD-PRM beats MC-PRM at Best-of-N (weighted, N={paired[td]['n']})",
+                diff,
+                low,
+                high,
+                "paired bootstrap",
+            )
+        for name in (td, mc):
+            if name in paired:
+                p = paired[name]
+                add(
+                    f"{name} weighted vote beats majority (N={p['n']})",
+                    p["minus_majority"],
+                    *p["ci95"],
+                    "paired bootstrap",
+                )
+    for run_dir in cfg.search:
+        rows_ = _load(Path(run_dir), "results.json")["rows"]
+        n = _load(Path(run_dir), "manifest.json").get("metrics", {}).get("problems") or 0
+        by = {(r["method"], r["prm"]): r["accuracy"] for r in rows_}
+        for method in dict.fromkeys(r["method"] for r in rows_):
+            if (method, td) in by and (method, mc) in by and n:
+                add(
+                    f"TD-PRM beats MC-PRM at {method} search",
+                    *_unpaired(by[method, td], by[method, mc], n, n),
+                    "normal approx.",
+                )
+    if cfg.rl:
+        finals = {}
+        for run_dir in cfg.rl:
+            points = _load(Path(run_dir), "eval_curve.json")["points"]
+            reward = _load(Path(run_dir), "manifest.json").get("metrics", {}).get("reward")
+            finals[Path(run_dir).name] = (
+                reward,
+                points[-1]["accuracy"],
+                _load(Path(run_dir), "manifest.json").get("metrics", {}).get("eval_problems") or 0,
+            )
+        base = next((v for v in finals.values() if v[0] == "rlvr"), None)
+        for name, (reward, acc, n) in finals.items():
+            if base is not None and reward == "prm+rlvr" and n:
+                add(
+                    f"{name} (PRM+RLVR) ends above RLVR",
+                    *_unpaired(acc, base[1], n, base[2]),
+                    "normal approx.",
+                )
+    if not rows:
+        return ""
+    return (
+        "## The paper's directions, as measured here\n\n"
+        "Each row: the difference, its 95% interval, and whether the direction holds, does not "
+        "hold, or is within noise on this run.\n\n"
+        + md_table(["direction", "difference", "95% CI", "interval", "reading"], rows)
+    )
 
 
 README_BEGIN = (

@@ -267,6 +267,8 @@ def against_majority(
                     "n": m,
                     "minus_majority": round(diff, 4),
                     "ci95": [round(low, 4), round(high, 4)],
+                    "hits": weighted.astype(int).tolist(),
+                    "majority_hits": majority.astype(int).tolist(),
                 }
             )
     return out
