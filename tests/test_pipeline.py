@@ -168,3 +168,5 @@ def test_the_demo_recipe_runs_end_to_end_on_a_tiny_budget(tmp_path):
     assert "minus majority" in report and "coupling" in report.lower()
     assert "The paper's directions, as measured here" in report
     assert "TD-PRM beats MC-PRM at Best-of-N" in report
+    assert "PRM quality against training data and generation cost" in report
+    assert read_manifest(root / "prm-td-30")["metrics"]["train_problems"] <= 30

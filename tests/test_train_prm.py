@@ -570,3 +570,16 @@ def test_likelihood_head_end_to_end_and_refusals(tiny_collect, tmp_path):
         invoke(*common[: -len(TINY)], "--head", "mean", "--out", tmp_path / "y"), "--head mean"
     )
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_first_problems_draws_whole_problems():
+    import pandas as pd
+
+    from tdrm_cli.stages.train_prm import first_problems
+
+    frame = pd.DataFrame({"problem_id": [f"p{i // 3}" for i in range(30)], "x": range(30)})
+    some = first_problems(frame, 4, seed=0)
+    assert some["problem_id"].nunique() == 4 and len(some) == 12  # all 3 rollouts of each
+    assert first_problems(frame, 4, seed=0).equals(some)  # seeded
+    assert set(first_problems(frame, 6, seed=0)["problem_id"]) > set(some["problem_id"])
+    assert len(first_problems(frame, 99, seed=0)) == 30

@@ -166,6 +166,11 @@ class TrainPRMConfig(RunConfig):
     learning_rate: float = opt(3e-4, "Peak AdamW learning rate.")
     max_steps: int = opt(-1, "Stop after this many optimizer steps (-1: set by --epochs).")
     eval_fraction: float = opt(0.1, "Fraction of problems held out for the metrics.")
+    train_problems: int | None = opt(
+        None,
+        "Train on this many of the non-held-out problems (a seeded draw; default all): for "
+        "data-efficiency curves on one collect run.",
+    )
     lora_r: int = opt(0, "LoRA rank through peft (0: full fine-tuning).")
     report_to: str = opt("tensorboard", "Trainer logging integration (tensorboard, wandb, none).")
     logging_steps: int = opt(
@@ -205,6 +210,9 @@ class TrainPRMConfig(RunConfig):
         _check(self.batch_size > 0 and self.epochs > 0, "--batch-size and --epochs must be > 0")
         _check(self.learning_rate > 0, "--learning-rate must be > 0")
         _check(0.0 <= self.eval_fraction < 1.0, "--eval-fraction must be in [0, 1)")
+        _check(
+            self.train_problems is None or self.train_problems > 0, "--train-problems must be > 0"
+        )
         _check(self.lora_r >= 0, "--lora-r must be >= 0")
         _check(
             self.head in ("linear", "likelihood"),

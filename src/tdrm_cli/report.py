@@ -376,6 +376,10 @@ def write_report(out: Path, results: dict, trajectories: dict, cfg) -> Path:
     parts += [search_section(Path(p), out) for p in cfg.search]
     if cfg.rl:
         parts.append(rl_section(cfg.rl, out))
+    if results.get("prm"):
+        cost = prm_cost_section(cfg, results["prm"])
+        if cost:
+            parts.append(cost)
     directions = paper_directions(cfg, results)
     if directions:
         parts.append(directions)
@@ -385,6 +389,64 @@ def write_report(out: Path, results: dict, trajectories: dict, cfg) -> Path:
     atomic_write_text(out / "report.md", text)
     console.print(Markdown(text))
     return out / "report.md"
+
+
+def prm_cost_section(cfg, quality: dict) -> str:
+    """Every PRM that is a train-prm run: its target, the problems and generated tokens its
+    data cost, and its quality here (step / outcome AUROC, Best-of-N at N=16): the data-
+    efficiency curve and the equal-generation-cost comparison in one table."""
+    import yaml
+
+    at_16: dict[str, float] = {}
+    for run_dir in cfg.bon:  # the last bon run holding a curve gives its value
+        rows_ = _load(Path(run_dir), "results.json")["rows"]
+        at_16.update({r["name"]: r["accuracy"] for r in rows_ if r["n"] == 16})
+    rows = []
+    for path in cfg.prm:
+        name = Path(path).name or path
+        manifest_path = Path(path) / "manifest.json"
+        if name not in quality or not manifest_path.is_file():
+            continue
+        manifest = _load(Path(path), "manifest.json")
+        if manifest.get("stage") != "train-prm":
+            continue
+        config = yaml.safe_load((Path(path) / "config.yaml").read_text(encoding="utf-8")) or {}
+        data = Path(str((manifest.get("inputs") or {}).get("data", {}).get("path", "")))
+        collect = _load(data, "manifest.json").get("metrics", {}) if data.is_dir() else {}
+        problems = manifest.get("metrics", {}).get("train_problems")
+        tokens = collect.get("generated_tokens")
+        share = problems / collect["problems"] if problems and collect.get("problems") else None
+        rows.append(
+            [
+                name,
+                config.get("loss"),
+                problems,
+                None if tokens is None or share is None else round(tokens * share),
+                quality[name].get("step_auroc"),
+                quality[name].get("outcome_auroc"),
+                at_16.get(f"{name}/min/weighted"),
+            ]
+        )
+    if not rows:
+        return ""
+    return (
+        "## PRM quality against training data and generation cost\n\n"
+        "Training problems and the tokens generated for them (the collect run's tokens, MC "
+        "rollouts included, in proportion to the problems used); quality on this report's "
+        "samples; Best-of-N = the min-aggregated weighted vote at N=16.\n\n"
+        + md_table(
+            [
+                "PRM",
+                "target",
+                "train problems",
+                "generated tokens",
+                "step AUROC",
+                "outcome AUROC",
+                "Best-of-N@16",
+            ],
+            rows,
+        )
+    )
 
 
 def _reading(diff: float, low: float, high: float, better: str, worse: str) -> str:
@@ -414,6 +476,17 @@ def paper_directions(cfg, results: dict) -> str:
             p["name"].split("/")[0]: p
             for p in _load(Path(run_dir), "results.json").get("vs_majority", [])
         }
+        equal = "prm-td-nomc"
+        if equal in paired and mc in paired and "hits" in paired[equal]:
+            diff, low, high = paired_bootstrap(paired[equal]["hits"], paired[mc]["hits"])
+            add(
+                f"TD-PRM at MC's generation cost (no MC rollouts, more problems) beats MC-PRM "
+                f"at Best-of-N (weighted, N={paired[equal]['n']})",
+                diff,
+                low,
+                high,
+                "paired bootstrap",
+            )
         if td in paired and mc in paired and "hits" in paired[td]:
             diff, low, high = paired_bootstrap(paired[td]["hits"], paired[mc]["hits"])
             add(

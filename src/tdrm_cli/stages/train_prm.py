@@ -189,6 +189,13 @@ def split_by_problem(frame, fraction: float, seed: int):
     return frame[~held_out].reset_index(drop=True), frame[held_out].reset_index(drop=True)
 
 
+def first_problems(frame, n: int, seed: int):
+    """The rollouts of `n` of the frame's problems (a seeded draw; all when it has fewer)."""
+    ids = sorted(frame["problem_id"].unique())
+    random.Random(f"train-problems|{seed}").shuffle(ids)
+    return frame[frame["problem_id"].isin(set(ids[:n]))].reset_index(drop=True)
+
+
 def resolve_base(cfg: TrainPRMConfig, frame) -> tuple[str, str]:
     """(reference as given, loadable model folder): `--base`, else the policy that made the data."""
     ref = cfg.base
@@ -359,6 +366,7 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
         "train_loss": round(float(result.training_loss), 6),
         "train_steps": int(result.global_step),
         "train_rows": len(items),
+        "train_problems": int(frame["problem_id"].nunique()),
         "world_size": world_size(),
         "per_device_batch_size": cfg.batch_size // world_size(),
     }
@@ -446,6 +454,8 @@ def run(cfg: TrainPRMConfig) -> Path:
             f"--batch-size {cfg.batch_size}: not divisible by {world_size()} processes"
         )
     train_frame, eval_frame = split_by_problem(frame, cfg.eval_fraction, cfg.seed)
+    if cfg.train_problems is not None:
+        train_frame = first_problems(train_frame, cfg.train_problems, cfg.seed)
     target = {
         "td": f"TD(lambda={cfg.td_lambda})",
         "mc": "MC labels",
