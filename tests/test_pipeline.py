@@ -170,3 +170,11 @@ def test_the_demo_recipe_runs_end_to_end_on_a_tiny_budget(tmp_path):
     assert "TD-PRM beats MC-PRM at Best-of-N" in report
     assert "PRM quality against training data and generation cost" in report
     assert read_manifest(root / "prm-td-30")["metrics"]["train_problems"] <= 30
+    # make demo-seeds' table over roots: the same root twice has zero spread.
+    from tdrm_cli.report import seed_numbers, seeds_table
+
+    numbers = seed_numbers(root)
+    assert numbers["policy greedy pass@1"] == metrics["policy"]["pass@1"]
+    assert "Best-of-4 majority" in numbers and "rl-td final accuracy" in numbers
+    table = seeds_table([root, root])
+    assert table.count("± 0.000") == sum(v is not None for v in numbers.values())

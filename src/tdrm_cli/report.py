@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -573,4 +574,53 @@ def update_readme(report: Path, readme: Path) -> None:
     )
     readme.write_text(
         f"{head}{README_BEGIN}\n{section.strip()}\n{README_END}{tail}", encoding="utf-8"
+    )
+
+
+def seed_numbers(root: Path) -> dict[str, float]:
+    """The demo's headline numbers from one root (a `tdrm pipeline recipes/demo.yaml` run)."""
+    root = Path(root)
+    evaluated = json.loads((root / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    out = {
+        "policy greedy pass@1": evaluated["policy"]["pass@1"],
+        "coupling": evaluated["coupling"]["coupling"],
+    }
+    for name in ("prm-td", "prm-mc", "prm-truth", "prm-td-nomc"):
+        if name in evaluated.get("prm", {}):
+            out[f"{name} step AUROC"] = evaluated["prm"][name]["step_auroc"]
+            out[f"{name} outcome AUROC"] = evaluated["prm"][name]["outcome_auroc"]
+    bon = json.loads((root / "bon" / "results.json").read_text(encoding="utf-8"))
+    top = max(bon["ns"])
+    for row in bon["rows"]:
+        if row["n"] == top and (row["name"] == "majority" or row["name"].endswith("/weighted")):
+            out[f"Best-of-{top} {row['name']}"] = row["accuracy"]
+    search = json.loads((root / "search" / "results.json").read_text(encoding="utf-8"))
+    for row in search["rows"]:
+        out[f"{row['method']} search {row['prm']}"] = row["accuracy"]
+    for name in ("rl-rlvr", "rl-td", "rl-mc"):
+        points = json.loads((root / name / "eval_curve.json").read_text(encoding="utf-8"))["points"]
+        out[f"{name} final accuracy"] = points[-1]["accuracy"]
+    return out
+
+
+def seeds_table(roots: list[Path]) -> str:
+    """Mean ± std (population, over the roots given) of every headline number, as markdown."""
+    runs = [seed_numbers(root) for root in roots]
+    keys = [k for k in runs[0] if all(k in r for r in runs)]
+    rows = []
+    for key in keys:
+        given = [r[key] for r in runs]
+        values = [v for v in given if v is not None]  # e.g. an AUROC with one class only
+        if not values:
+            rows.append([key, "n/a", ", ".join("n/a" for _ in given)])
+            continue
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+        per_seed = ", ".join("n/a" if v is None else f"{v:.3f}" for v in given)
+        rows.append([key, f"{mean:.3f} ± {std:.3f}", per_seed])
+    return (
+        f"### The demo over {len(roots)} seeds\n\n"
+        f"Seeds: {', '.join(str(r) for r in roots)}; mean ± std (each seed changes the policy, "
+        "the data, the PRMs and every sample).\n\n"
+        + md_table(["number", "mean ± std", "per seed"], rows)
     )
