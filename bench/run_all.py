@@ -30,6 +30,7 @@ QUICK = {
     "collect_throughput": ["--problems", "16", "--repeats", "1"],
     "rl_reward_overhead": ["--steps", "3", "--repeats", "1"],
     "search_cost": ["--problems", "2", "--repeats", "1"],
+    "demo_generation": ["--problems", "32", "--repeats", "1"],
 }
 
 
