@@ -124,8 +124,9 @@ def greedy_pass1(model: Any, tokenizer: Any, task: Task, problems: list[Problem]
     import torch
 
     prompts = [PROMPT_TEMPLATE.format(question=p.question) for p in problems]
-    tokenizer.padding_side = "left"
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation pads on the left
     enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    tokenizer.padding_side = side  # the tokenizer is saved with the model afterwards
     was_training = model.training
     model.eval()
     with torch.inference_mode():
