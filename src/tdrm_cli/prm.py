@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from tdrm_cli.errors import UsageError, first_line
@@ -350,13 +351,6 @@ def _json_object(path: Path, role: str) -> dict[str, Any]:
     return data
 
 
-class _Fields:
-    """Attribute access to a config.json dict (for `check_head`)."""
-
-    def __init__(self, data: dict[str, Any]):
-        self.__dict__.update(data)
-
-
 def load_prm(
     path_or_run: str | Path,
     role: str = "prm",
@@ -389,7 +383,7 @@ def load_prm(
     head = meta.get("head") or "linear"
     if not isinstance(head, str):
         raise UsageError(f"{meta_path} (--{role}): field 'head' must be a string")
-    check_head(head, _Fields(config), f"{meta_path} (--{role})")
+    check_head(head, SimpleNamespace(**config), f"{meta_path} (--{role})")
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)

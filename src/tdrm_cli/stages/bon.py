@@ -205,6 +205,14 @@ def choices(value: str, all_of: tuple[str, ...]) -> list[str]:
     return list(all_of) if value == "all" else [value]
 
 
+def prm_arrays(
+    rows: list[dict[str, Any]], label: str, agg: str, answers: list, correct: list
+) -> dict[str, Any]:
+    """`voting.as_arrays` of the candidates with one PRM's solution scores under `agg`."""
+    scores = [[aggregate(v, agg) for v in values] for values in by_problem(rows, f"scores_{label}")]
+    return voting.as_arrays(answers, correct, scores)
+
+
 def curves(rows: list[dict[str, Any]], labels: list[str], cfg: BonConfig) -> list[dict[str, Any]]:
     """One row per (curve, N): pass@N, majority, and every PRM x aggregation x PRM vote."""
     answers, correct = by_problem(rows, "answer"), by_problem(rows, "correct")
@@ -217,11 +225,7 @@ def curves(rows: list[dict[str, Any]], labels: list[str], cfg: BonConfig) -> lis
     ]
     for agg in choices(cfg.agg, AGG_CHOICES):
         for label in labels:
-            scores = [
-                [aggregate(v, agg) for v in values]
-                for values in by_problem(rows, f"scores_{label}")
-            ]
-            arrays = voting.as_arrays(answers, correct, scores)
+            arrays = prm_arrays(rows, label, agg, answers, correct)
             for vote in votes:
                 specs.append(
                     (
@@ -254,11 +258,7 @@ def against_majority(
     out = []
     for agg in choices(cfg.agg, AGG_CHOICES):
         for label in labels:
-            scores = [
-                [aggregate(v, agg) for v in values]
-                for values in by_problem(rows, f"scores_{label}")
-            ]
-            arrays = voting.as_arrays(answers, correct, scores)
+            arrays = prm_arrays(rows, label, agg, answers, correct)
             weighted = voting.vote_correct(arrays, "weighted", everything)
             diff, low, high = voting.paired_bootstrap(weighted, majority, seed=cfg.seed)
             out.append(
