@@ -143,11 +143,7 @@ def paired_table(paired: list[dict]) -> str:
             p["name"],
             f"{p['minus_majority']:+.3f}",
             f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]",
-            "PRM better"
-            if p["ci95"][0] > 0
-            else "majority better"
-            if p["ci95"][1] < 0
-            else "within noise",
+            _reading(p["minus_majority"], *p["ci95"], "PRM better", "majority better"),
         ]
         for p in paired
     ]
