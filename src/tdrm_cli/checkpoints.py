@@ -1,16 +1,21 @@
 """Trainer checkpoints that survive `kill -9`: find the last finished one, never save a useless last one.
 
 The stages that train (sft, train-prm, rl) keep `checkpoints/checkpoint-N` folders written
-by the transformers Trainer until their run is complete, for `--resume`.
+by the transformers Trainer until their run is complete, for `--resume`. They also share
+the guard against a diverged training: a non-finite loss stops it, and a model whose loss
+or weights are not finite fails the run instead of being saved as a result.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 from transformers import TrainerCallback
 
+from tdrm_cli.errors import Diverged
 from tdrm_cli.runs import rank
 
 
@@ -57,3 +62,25 @@ class NoFinalCheckpoint(TrainerCallback):
         if state.global_step >= state.max_steps:
             control.should_save = False
         return control
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stop training at the first logged non-finite loss (`check_finite` then fails the run)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            control.should_training_stop = True
+        return control
+
+
+def check_finite(model: Any, loss: float, stage: str) -> None:
+    """A one-line `Diverged` error when the training loss or any weight is not finite."""
+    from tdrm_cli.prm import nonfinite_weight
+
+    hint = "(try a lower --learning-rate)"
+    if not math.isfinite(loss):
+        raise Diverged(f"{stage}: training diverged: the training loss is {loss} {hint}")
+    name = nonfinite_weight(model)
+    if name is not None:
+        raise Diverged(f"{stage}: training diverged: weight '{name}' is not finite {hint}")

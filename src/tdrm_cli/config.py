@@ -9,6 +9,7 @@ Validation lives in `__post_init__` and does no I/O.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +40,55 @@ def _check(cond: bool, message: str) -> None:
         raise UsageError(message)
 
 
+# The largest value each count may take, by field name, in every stage: the work and memory
+# of a stage grow with these, so an absurd value is refused at once instead of exhausting
+# the machine hours later.
+LIMITS: dict[str, int] = {
+    "problems": 1_000_000,
+    "train_problems": 1_000_000,
+    "eval_problems": 1_000_000,
+    "check_problems": 1_000_000,
+    "n": 4096,
+    "k": 4096,
+    "mc_rollouts": 1024,
+    "num_generations": 1024,
+    "subsets": 10_000,
+    "beam_width": 1024,
+    "expand": 1024,
+    "max_depth": 1024,
+    "max_new_tokens": 131_072,
+    "max_step_tokens": 131_072,
+    "max_completion_length": 131_072,
+    "batch_size": 65_536,
+    "prm_batch_size": 65_536,
+    "shard_size": 1_000_000,
+    "hidden_size": 65_536,
+    "layers": 1024,
+    "heads": 1024,
+    "epochs": 10_000,
+}
+
+
+def check_numbers(cfg: Any) -> None:
+    """Every float option finite, every count in `LIMITS` at most its limit."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{flag} {value}: must be a finite number")
+        limit = LIMITS.get(f.name)
+        if limit is not None and isinstance(value, int | float) and value > limit:
+            raise UsageError(f"{flag} {shown(value)}: must be at most {limit:,}")
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A user's value for an error line: repr'd (newlines escaped) and cut to `limit` chars."""
+    if isinstance(value, int) and value.bit_length() > 1000:
+        return "a number of over 300 digits"
+    text = str(value) if isinstance(value, int | float) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass
 class RunConfig:
     """Fields every stage has."""
@@ -50,6 +100,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(not (self.resume and self.overwrite), "--resume and --overwrite exclude each other")
+        check_numbers(self)
 
 
 @dataclass
@@ -95,8 +146,14 @@ class SFTConfig(RunConfig):
         _check(self.epochs > 0, "--epochs must be > 0")
         _check(self.batch_size > 0, "--batch-size must be > 0")
         _check(self.learning_rate > 0, "--learning-rate must be > 0")
+        _check(
+            min(self.hidden_size, self.layers, self.heads) > 0,
+            "--hidden-size, --layers and --heads must be > 0",
+        )
         _check(self.hidden_size % self.heads == 0, "--hidden-size must be divisible by --heads")
         _check(self.eval_problems >= 0, "--eval-problems must be >= 0")
+        _check(self.max_steps == -1 or self.max_steps > 0, "--max-steps must be > 0 (or -1)")
+        _check(self.save_steps > 0, "--save-steps must be > 0")
 
 
 @dataclass
@@ -209,6 +266,7 @@ class TrainPRMConfig(RunConfig):
             )
         _check(self.batch_size > 0 and self.epochs > 0, "--batch-size and --epochs must be > 0")
         _check(self.learning_rate > 0, "--learning-rate must be > 0")
+        _check(self.max_steps == -1 or self.max_steps > 0, "--max-steps must be > 0 (or -1)")
         _check(0.0 <= self.eval_fraction < 1.0, "--eval-fraction must be in [0, 1)")
         _check(
             self.train_problems is None or self.train_problems > 0, "--train-problems must be > 0"

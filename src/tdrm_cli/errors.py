@@ -9,3 +9,7 @@ def first_line(error: BaseException) -> str:
     """An exception's first message line (its type name when it has no message)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+class Diverged(UsageError):
+    """Training produced a non-finite loss or weights (almost always from its options)."""

@@ -13,7 +13,8 @@ whether the model stopped by itself). Backends are picked by name from `BACKENDS
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,6 +76,22 @@ def weights_kwargs(model_path: str, allow_pickle: bool = False) -> dict[str, Any
     return {"use_safetensors": True}
 
 
+@contextlib.contextmanager
+def model_load_errors(where: str) -> Iterator[None]:
+    """Turn what loading a broken model folder raises (unreadable or truncated files,
+    safetensors headers, configs transformers cannot resolve) into one UsageError line."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except UsageError:
+        raise
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        raise UsageError(
+            f"{where}: cannot load the model ({type(e).__name__}: {first_line(e)})"
+        ) from None
+
+
 def _group(flat: list[Completion], n: int) -> list[list[Completion]]:
     return [flat[i : i + n] for i in range(0, len(flat), n)]
 
@@ -120,7 +137,8 @@ class HFBackend:
         from transformers import AutoModelForCausalLM
 
         safe = weights_kwargs(model_path, allow_pickle)
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
+        with model_load_errors(f"--policy {model_path}"):
+            self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -131,9 +149,11 @@ class HFBackend:
             "bfloat16": torch.bfloat16,
             "float16": torch.float16,
         }[dtype]
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **safe
-        ).to(device)
+        with model_load_errors(f"--policy {model_path}"):
+            model = AutoModelForCausalLM.from_pretrained(
+                model_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **safe
+            )
+        self.model = model.to(device)
         self.model.eval()
         self.device = device
         self.batch_size = batch_size

@@ -12,7 +12,6 @@ training so `load_prm` scores the same way.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,14 @@ from typing import Any
 from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.generation import weights_kwargs
 from tdrm_cli.runs import resolve_model
-from tdrm_cli.steps import DEFAULT_SEPARATOR, build_prompt, encode_pieces, prompt_format
+from tdrm_cli.steps import (
+    DEFAULT_SEPARATOR,
+    build_prompt,
+    check_prompt_meta,
+    encode_pieces,
+    prompt_format,
+    read_json_object,
+)
 
 PRM_META = "tdrm_prm.json"
 
@@ -230,15 +236,18 @@ def load_value_model(
     """`AutoModelForTokenClassification` with one label on top of a backbone (head new if absent)."""
     from transformers import AutoConfig, AutoModelForTokenClassification
 
-    config = AutoConfig.from_pretrained(
-        model_path, num_labels=1, trust_remote_code=trust_remote_code
-    )
+    from tdrm_cli.generation import model_load_errors
+
+    with model_load_errors(f"--{role} {model_path}"):
+        config = AutoConfig.from_pretrained(
+            model_path, num_labels=1, trust_remote_code=trust_remote_code
+        )
     # No dropout before the head: the training-time value is then the same function that
     # scoring uses, which the bootstrapped TD target relies on.
     config.classifier_dropout = 0.0
     config.pad_token_id = pad_token_id
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    try:
+    with model_load_errors(f"--{role} {model_path}"):
         return AutoModelForTokenClassification.from_pretrained(
             model_path,
             config=config,
@@ -246,11 +255,6 @@ def load_value_model(
             **weights_kwargs(model_path, allow_pickle),
             **kwargs,
         )
-    except OSError as e:
-        first = first_line(e)
-        raise UsageError(
-            f"--{role} {model_path}: cannot load safetensors weights ({first})"
-        ) from None
 
 
 # ---------------------------------------------------------------- the PRM
@@ -340,15 +344,42 @@ def prm_meta(tokenizer: Any, policy_meta: dict[str, Any], **extra: Any) -> dict[
     }
 
 
-def _json_object(path: Path, role: str) -> dict[str, Any]:
-    """A JSON file of a model folder that must hold an object; anything else is a UsageError."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path} (--{role}): not valid JSON ({first_line(e)})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} (--{role}): expected a JSON object, got {type(data).__name__}")
-    return data
+def check_prm_meta(meta: dict[str, Any], config: dict[str, Any], where: str) -> dict[str, Any]:
+    """Every field of `tdrm_prm.json` that scoring reads, checked once when the PRM loads."""
+    check_prompt_meta(meta, where)
+    agg = meta.get("agg", "min")
+    if not isinstance(agg, str) or agg not in AGGREGATIONS:
+        raise UsageError(
+            f"{where}: field 'agg' is {agg!r}; expected one of {', '.join(AGGREGATIONS)}"
+        )
+    head = meta.get("head") or "linear"
+    if not isinstance(head, str):
+        raise UsageError(f"{where}: field 'head' must be a string")
+    check_head(head, SimpleNamespace(**config), where)
+    for name in ("td_lambda", "gamma"):
+        value = meta.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+        ):
+            raise UsageError(f"{where}: field '{name}' must be a finite number")
+    return meta
+
+
+def nonfinite_weight(model: Any) -> str | None:
+    """The name of the first weight holding NaN or inf, or None."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param.detach()).all()):
+            return name
+    return None
+
+
+def check_weights_finite(model: Any, where: str) -> None:
+    """Refuse a model whose weights hold NaN or inf: it could only ever give NaN scores."""
+    name = nonfinite_weight(model)
+    if name is not None:
+        raise UsageError(f"{where}: weight '{name}' holds non-finite values (NaN or inf)")
 
 
 def load_prm(
@@ -370,7 +401,7 @@ def load_prm(
     meta_path = Path(model_dir) / PRM_META
     if not meta_path.is_file():
         raise UsageError(f"--{role} {path}: no {PRM_META} (not a PRM trained by tdrm train-prm)")
-    config = _json_object(Path(model_dir) / "config.json", role)
+    config = read_json_object(Path(model_dir) / "config.json", f"--{role}")
     if not isinstance(config.get("model_type"), str) or not config["model_type"]:
         raise UsageError(f"{Path(model_dir) / 'config.json'} (--{role}): no 'model_type'")
     archs = config.get("architectures") or []
@@ -379,15 +410,17 @@ def load_prm(
         raise UsageError(
             f"--{role} {path}: config.json is not a one-label token-classification model"
         )
-    meta = _json_object(meta_path, role)
-    head = meta.get("head") or "linear"
-    if not isinstance(head, str):
-        raise UsageError(f"{meta_path} (--{role}): field 'head' must be a string")
-    check_head(head, SimpleNamespace(**config), f"{meta_path} (--{role})")
-    tokenizer = load_tokenizer(model_dir, trust_remote_code)
+    meta = check_prm_meta(
+        read_json_object(meta_path, f"--{role}"), config, f"{meta_path} (--{role})"
+    )
+    from tdrm_cli.generation import model_load_errors
+
+    with model_load_errors(f"--{role} {path}"):
+        tokenizer = load_tokenizer(model_dir, trust_remote_code)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     model = load_value_model(
         model_dir, tokenizer.pad_token_id, role, trust_remote_code, dtype, allow_pickle
     )
+    check_weights_finite(model, f"--{role} {path}")
     return PRM(model.to(device), tokenizer, meta)

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tdrm_cli.errors import UsageError, first_line
+
 DEFAULT_SEPARATOR = "\n\n"
 PLAIN_TEMPLATE = "Question: {question}\nAnswer:\n\n"
 POLICY_META = "tdrm_policy.json"
@@ -26,12 +28,50 @@ def join_steps(steps: list[str], separator: str = DEFAULT_SEPARATOR) -> str:
     return separator.join(steps)
 
 
+def read_json_object(path: Path, what: str = "") -> dict[str, Any]:
+    """A JSON file that must hold an object; anything else is a one-line UsageError naming it."""
+    where = f"{path} ({what})" if what else str(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        # ValueError covers JSONDecodeError and integers past Python's digit limit
+        raise UsageError(f"{where}: not valid JSON ({first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def check_prompt_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
+    """The prompt-building fields of `tdrm_policy.json` / `tdrm_prm.json`, checked once at load:
+    a bad field is a one-line UsageError naming `where` and the field, not a failure later."""
+    separator = meta.get("separator")
+    if separator is not None and (not isinstance(separator, str) or not separator):
+        raise UsageError(f"{where}: field 'separator' must be a non-empty string")
+    template = meta.get("prompt_template")
+    if template is not None and not isinstance(template, str):
+        raise UsageError(f"{where}: field 'prompt_template' must be a string")
+    if template:
+        try:
+            template.format(question="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise UsageError(
+                f"{where}: field 'prompt_template' must hold {{question}} and no other "
+                f"placeholder ({type(e).__name__}: {first_line(e)})"
+            ) from None
+        if "{question}" not in template:
+            raise UsageError(f"{where}: field 'prompt_template' has no {{question}}")
+    for name in ("task", "prompt_format"):
+        if meta.get(name) is not None and not isinstance(meta[name], str):
+            raise UsageError(f"{where}: field '{name}' must be a string")
+    return meta
+
+
 def read_policy_meta(model_dir: str | Path) -> dict[str, Any]:
     """`tdrm_policy.json` of a model folder (prompt template, separator, task), or {}."""
     path = Path(model_dir) / POLICY_META
     if not path.is_file():
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    return check_prompt_meta(read_json_object(path), str(path))
 
 
 def prompt_format(tokenizer: Any, meta: dict[str, Any]) -> str:

@@ -36,7 +36,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tdrm_cli.checkpoints import NoFinalCheckpoint, last_checkpoint
+from tdrm_cli.checkpoints import NoFinalCheckpoint, StopOnNonFinite, check_finite, last_checkpoint
 from tdrm_cli.config import RLConfig
 from tdrm_cli.console import console, log
 from tdrm_cli.errors import UsageError, first_line
@@ -117,19 +117,15 @@ def load_policy_model(cfg: RLConfig, model_dir: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tdrm_cli.generation import weights_kwargs
+    from tdrm_cli.generation import model_load_errors, weights_kwargs
 
-    try:  # float32 weights; on GPUs the trainer adds bf16 autocast
+    with model_load_errors(f"--policy {cfg.policy}"):  # float32; GPUs add bf16 autocast
         return AutoModelForCausalLM.from_pretrained(
             model_dir,
             dtype=torch.float32,
             trust_remote_code=cfg.trust_remote_code,
             **weights_kwargs(model_dir, cfg.allow_pickle),
         )
-    except (OSError, ValueError) as e:
-        raise UsageError(
-            f"--policy {cfg.policy}: could not load the model ({first_line(e)})"
-        ) from None
 
 
 def problem_stream(task: Task, n: int, seed: int) -> list[Problem]:
@@ -493,10 +489,13 @@ def run(cfg: RLConfig) -> Path:
             args=args,
             train_dataset=dataset,
             processing_class=tokenizer,
-            callbacks=[*callbacks, NoFinalCheckpoint()],
+            callbacks=[*callbacks, NoFinalCheckpoint(), StopOnNonFinite()],
         )
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         trainer.accelerator.wait_for_everyone()  # no rank may still write a checkpoint when rank 0 cleans up
+        check_finite(trainer.accelerator.unwrap_model(trainer.model), result.training_loss, "rl")
+        if learner is not None:
+            check_finite(learner.prm.model, 0.0, "rl (online PRM)")
         if rank() == 0:
             save_policy(trainer, tokenizer, policy_dir, run.path / "model")
             finish(cfg, run, trainer, result, curve, learner)

@@ -68,14 +68,15 @@ def load_init(ref: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tdrm_cli.generation import load_tokenizer, weights_kwargs
+    from tdrm_cli.generation import load_tokenizer, model_load_errors, weights_kwargs
     from tdrm_cli.runs import resolve_model
 
     model_dir, _ = resolve_model(ref, "init", ("sft", "rl"))
-    tokenizer = load_tokenizer(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, **weights_kwargs(model_dir)
-    )
+    with model_load_errors(f"--init {ref}"):
+        tokenizer = load_tokenizer(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.float32, **weights_kwargs(model_dir)
+        )
     return tokenizer, model
 
 
@@ -170,7 +171,12 @@ def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
     import torch
     from transformers import Trainer, TrainingArguments, set_seed
 
-    from tdrm_cli.checkpoints import NoFinalCheckpoint, last_checkpoint
+    from tdrm_cli.checkpoints import (
+        NoFinalCheckpoint,
+        StopOnNonFinite,
+        check_finite,
+        last_checkpoint,
+    )
 
     set_seed(cfg.seed)
     if cfg.init is None:
@@ -186,7 +192,7 @@ def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
         "train", cfg.train_problems + (cfg.check_problems if cfg.stop_at_pass1 else 0)
     )
     dataset = SFTDataset(task, problems[: cfg.train_problems], tokenizer)
-    callbacks = [NoFinalCheckpoint()]
+    callbacks = [NoFinalCheckpoint(), StopOnNonFinite()]
     stopper = None
     if cfg.stop_at_pass1 is not None:
         stopper = stop_at_pass1(
@@ -221,6 +227,7 @@ def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
     )
     checkpoint = last_checkpoint(ckpt_dir) if cfg.resume else None
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    check_finite(trainer.model, result.training_loss, "sft")
     model_dir = run.path / "model"
     trainer.model.save_pretrained(str(model_dir))  # safetensors only; no pickled training_args.bin
     tokenizer.save_pretrained(str(model_dir))

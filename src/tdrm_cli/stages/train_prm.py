@@ -306,8 +306,11 @@ def check_base_head(cfg: TrainPRMConfig, base: str) -> None:
     """`--head likelihood` needs a backbone with tied input/output embeddings."""
     from transformers import AutoConfig
 
+    from tdrm_cli.generation import model_load_errors
+
     if cfg.head != "linear":
-        config = AutoConfig.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
+        with model_load_errors(f"--base {base}"):
+            config = AutoConfig.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
         check_head(cfg.head, config, f"--head {cfg.head} on --base {base}")
 
 
@@ -315,7 +318,12 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
     import torch
     from transformers import set_seed
 
-    from tdrm_cli.checkpoints import NoFinalCheckpoint, last_checkpoint
+    from tdrm_cli.checkpoints import (
+        NoFinalCheckpoint,
+        StopOnNonFinite,
+        check_finite,
+        last_checkpoint,
+    )
 
     set_seed(cfg.seed)  # the new head's initialisation
     tokenizer = load_tokenizer(base, cfg.trust_remote_code)
@@ -335,7 +343,7 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
         agg=cfg.agg,
         head=cfg.head,
         loss=cfg.loss,
-        base=str(cfg.base or base),
+        base=str(Path(base).resolve()) if Path(base).exists() else str(base),
         gamma=cfg.gamma,
         td_lambda=cfg.td_lambda,
         n_step=cfg.n_step,
@@ -351,7 +359,7 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
         train_dataset=items,
         data_collator=StepCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[*callbacks, NoFinalCheckpoint()],
+        callbacks=[*callbacks, NoFinalCheckpoint(), StopOnNonFinite()],
         targets=Targets.from_config(cfg),
         target_refresh=cfg.target_refresh,
         head=cfg.head,
@@ -362,6 +370,7 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
     trained = trainer.accelerator.unwrap_model(trainer.model)
     if cfg.lora_r:
         trained = trained.merge_and_unload()
+    check_finite(trained, result.training_loss, "train-prm")
     stats = {
         "train_loss": round(float(result.training_loss), 6),
         "train_steps": int(result.global_step),
