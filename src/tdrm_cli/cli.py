@@ -190,6 +190,22 @@ def serve_command(
     max_request_bytes: int = typer.Option(
         64 * 1024 * 1024, "--max-request-bytes", help="Larger request bodies answer 413."
     ),
+    max_solutions: int = typer.Option(
+        1024, "--max-solutions", help="Requests with more solutions answer 413."
+    ),
+    max_tokens: int | None = typer.Option(
+        None,
+        "--max-tokens",
+        help="Solutions (prompt + steps) with more tokens answer 413 (default: the PRM's context).",
+    ),
+    read_timeout_s: float = typer.Option(
+        30.0,
+        "--read-timeout-s",
+        help="A client must send its request headers, and then its body, within this many seconds.",
+    ),
+    max_connections: int = typer.Option(
+        1024, "--max-connections", help="Beyond this many open connections, requests answer 503."
+    ),
     trust_remote_code: bool = typer.Option(
         False,
         "--trust-remote-code",
@@ -198,13 +214,20 @@ def serve_command(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help=config.ALLOW_PICKLE_HELP),
 ) -> None:
     """Serve a PRM over HTTP: OpenRLHF /get_reward, /score, /health, /info (see README)."""
+    import os
+
     from tdrm_cli import serve
 
+    if api_key is None and os.environ.get("TDRM_SERVE_API_KEY") is not None:
+        # click reads an empty variable as unset: that would serve without the auth it asks for
+        fail("TDRM_SERVE_API_KEY is set but empty: unset it, or set it to the key")
     try:
         cfg = serve.ServeConfig(
             prm=prm, task=task, reward=reward, prm_weight=prm_weight, agg=agg, host=host, port=port,
             api_key=api_key, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-            max_request_bytes=max_request_bytes, trust_remote_code=trust_remote_code,
+            max_request_bytes=max_request_bytes, max_solutions=max_solutions,
+            max_tokens=max_tokens, read_timeout_s=read_timeout_s,
+            max_connections=max_connections, trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle,
         )  # fmt: skip
         serve.run(cfg)

@@ -13,6 +13,7 @@ training so `load_prm` scores the same way.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,8 +261,24 @@ def load_value_model(
 # ---------------------------------------------------------------- the PRM
 
 
+class TooLong(UsageError):
+    """A solution (prompt + steps) with more tokens than the PRM may score."""
+
+
+class NonFinite(UsageError):
+    """The PRM gave a NaN step value (its weights or inputs overflowed)."""
+
+
+PROMPT_CACHE = 4096
+"""Distinct questions whose prompt `PRM` keeps encoded (least recently used dropped)."""
+
+
 class PRM:
-    """A loaded PRM: `score(problems, solutions)` gives one value in (0, 1) per step."""
+    """A loaded PRM: `score(problems, solutions)` gives one value in (0, 1) per step.
+
+    A solution longer than `max_tokens` (default: the backbone's context) is refused with
+    `TooLong` before any forward pass.
+    """
 
     def __init__(self, model: Any, tokenizer: Any, meta: dict[str, Any]):
         self.model = model.eval()
@@ -270,26 +287,47 @@ class PRM:
         self.separator: str = meta.get("separator") or DEFAULT_SEPARATOR
         self.agg: str = meta.get("agg", "min")
         self.head: str = meta.get("head") or "linear"
-        self._prompts: dict[str, tuple[str, int]] = {}
+        self.max_tokens: int | None = getattr(model.config, "max_position_embeddings", None)
+        self._prompts: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._chars_per_token: int | None = None
 
     @property
     def device(self):
         return next(self.model.parameters()).device
 
     def _prompt(self, question: str) -> tuple[str, int]:
-        """The prompt text for a question and its token count (cached: problems repeat)."""
-        if question not in self._prompts:
-            prompt = build_prompt(self.tokenizer, question, self.meta)
-            self._prompts[question] = (
-                prompt,
-                len(encode_pieces(self.tokenizer, prompt, [], self.separator)[0]),
-            )
-        return self._prompts[question]
+        """The prompt text for a question and its token count (an LRU cache: problems repeat)."""
+        cached = self._prompts.get(question)
+        if cached is not None:
+            self._prompts.move_to_end(question)
+            return cached
+        prompt = build_prompt(self.tokenizer, question, self.meta)
+        cached = (prompt, len(encode_pieces(self.tokenizer, prompt, [], self.separator)[0]))
+        self._prompts[question] = cached
+        if len(self._prompts) > PROMPT_CACHE:
+            self._prompts.popitem(last=False)
+        return cached
 
     def encode(self, question: str, steps: Sequence[str]) -> Encoded:
         prompt, prompt_len = self._prompt(question)
         ids, ends = encode_pieces(self.tokenizer, prompt, list(steps), self.separator)
+        if self.max_tokens is not None and len(ids) > self.max_tokens:
+            raise TooLong(
+                f"a solution of {len(ids)} tokens (prompt and steps) is over the PRM's limit "
+                f"of {self.max_tokens} tokens"
+            )
         return Encoded(ids, ends, prompt_len)
+
+    def surely_too_long(self, question: str, steps: Sequence[str]) -> bool:
+        """True when the text alone shows the solution is over `max_tokens`, without
+        tokenizing it: no token covers more characters than the vocabulary's longest entry."""
+        if self.max_tokens is None:
+            return False
+        if self._chars_per_token is None:
+            vocab = self.tokenizer.get_vocab()
+            self._chars_per_token = max((len(token) for token in vocab), default=1) or 1
+        chars = len(question) + sum(len(step) + len(self.separator) for step in steps)
+        return chars > self.max_tokens * self._chars_per_token
 
     def score(
         self, problems: Sequence[str], solutions: Sequence[Sequence[str]], batch_size: int = 32
@@ -318,6 +356,8 @@ class PRM:
                     batch["prompt_len"],
                 )
             probs = torch.sigmoid(logits.float()).cpu()
+            if not bool(torch.isfinite(probs).all()):
+                raise NonFinite("the PRM gave a non-finite (NaN) step value")
             for row, i in enumerate(rows):
                 values[i] = probs[row, : len(encoded[i].ends)].tolist()
         return values

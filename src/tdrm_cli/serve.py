@@ -20,7 +20,13 @@ costs the same for 1 or 16 sequences (GPU). The queue is bounded: when it is ful
 once instead of piling up in memory.
 
 Bad input never reaches the model: bodies over `max_request_bytes` get 413, malformed
-JSON 400, wrong shapes or types 422, always `{"detail": "<one line>"}`.
+JSON 400, wrong shapes or types 422, always `{"detail": "<one line>"}`. Work per request is
+bounded too: more than `max_solutions` solutions, or a solution over `max_tokens` tokens
+(default: the PRM's context), is a 413 naming the limit, refused before any forward pass
+(a text that cannot fit is refused before it is even tokenized). A client that does not
+finish its request headers or body within `read_timeout_s` is cut off (408 once the
+headers are in), and beyond `max_connections` open connections new requests get 503, so
+slow or stuck clients cannot pin the server's sockets.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations
@@ -30,6 +36,7 @@ import contextlib
 import functools
 import hmac
 import json
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -62,6 +69,10 @@ class ServeConfig:
     max_wait_ms: float = 0.0
     max_queue: int = 256
     max_request_bytes: int = 64 * 1024 * 1024
+    max_solutions: int = 1024
+    max_tokens: int | None = None
+    read_timeout_s: float = 30.0
+    max_connections: int = 1024
     trust_remote_code: bool = False
     allow_pickle: bool = False
 
@@ -72,6 +83,9 @@ class ServeConfig:
             if not cond:
                 raise UsageError(message)
 
+        for name in ("prm_weight", "max_wait_ms", "read_timeout_s"):
+            value = getattr(self, name)
+            check(math.isfinite(value), f"--{name.replace('_', '-')} {value}: must be a finite number")
         check(self.reward in REWARDS, f"--reward {self.reward}: expected {' or '.join(REWARDS)}")
         check(0.0 <= self.prm_weight <= 1.0, f"--prm-weight {self.prm_weight}: must be in [0, 1]")
         check(
@@ -83,7 +97,16 @@ class ServeConfig:
         check(self.max_wait_ms >= 0, "--max-wait-ms must be >= 0")
         check(self.max_queue >= 1, "--max-queue must be >= 1")
         check(self.max_request_bytes >= 1024, "--max-request-bytes must be >= 1024")
-        check(self.api_key is None or self.api_key.strip() != "", "--api-key must not be empty")
+        check(self.max_solutions >= 1, "--max-solutions must be >= 1")
+        check(self.max_tokens is None or self.max_tokens >= 1, "--max-tokens must be >= 1")
+        check(self.read_timeout_s > 0, "--read-timeout-s must be > 0")
+        check(self.max_connections >= 1, "--max-connections must be >= 1")
+        key = "--api-key (or TDRM_SERVE_API_KEY)"
+        check(self.api_key is None or self.api_key.strip() != "", f"{key} must not be empty")
+        check(
+            self.api_key is None or self.api_key == self.api_key.strip(),
+            f"{key} must not start or end with whitespace (it could never match)",
+        )
 
 
 # ---------------------------------------------------------------- the micro-batcher
@@ -301,27 +324,58 @@ def _fail(status: int, detail: str):
     return HTTPException(status_code=status, detail=detail)
 
 
-async def read_json(request: Any, limit: int) -> Any:
-    """The request body as JSON: 413 over `limit` bytes, 400 when it is not JSON."""
+async def read_json(request: Any, limit: int, timeout_s: float = 30.0) -> Any:
+    """The request body as JSON: 413 over `limit` bytes, 408 when it takes longer than
+    `timeout_s` to arrive, 400 when it is not JSON (or nests too deep, or holds an integer
+    past Python's digit limit)."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
-            raise _fail(400, f"bad Content-Length header: {declared!r}")
+        if not declared.isdigit() or len(declared) > 20:
+            raise _fail(400, f"bad Content-Length header: {declared[:40]!r}")
         if int(declared) > limit:
             raise _fail(
                 413, f"request body is {declared} bytes; the limit is {limit} (--max-request-bytes)"
             )
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _fail(413, f"request body exceeds {limit} bytes (--max-request-bytes)")
+
+    async def receive() -> bytearray:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _fail(413, f"request body exceeds {limit} bytes (--max-request-bytes)")
+        return body
+
+    try:
+        body = await asyncio.wait_for(receive(), timeout_s)
+    except TimeoutError:
+        from fastapi import HTTPException
+
+        raise HTTPException(  # the connection is closed: its body is still unread
+            408,
+            f"request body not received within {timeout_s:g}s (--read-timeout-s)",
+            headers={"Connection": "close"},
+        ) from None
     try:
         return json.loads(body)
     except UnicodeDecodeError:
         raise _fail(400, "malformed JSON: body is not UTF-8") from None
     except json.JSONDecodeError as e:
         raise _fail(400, f"malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+    except RecursionError:
+        raise _fail(400, "malformed JSON: nested too deep") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise _fail(400, f"malformed JSON: {str(e)[:200]}") from None
+
+
+def _text(value: str, where: str) -> str:
+    """A string the tokenizer can take: lone UTF-16 surrogates (valid JSON escapes, not
+    text) are a 422."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _fail(422, f"'{where}' is not valid Unicode (a lone surrogate)") from None
+    return value
 
 
 def _object(body: Any) -> dict[str, Any]:
@@ -347,6 +401,7 @@ def _strings(body: dict[str, Any], key: str, required: bool = True) -> list[str]
     for i, item in enumerate(value):
         if not isinstance(item, str):
             raise _fail(422, f"'{key}[{i}]' must be a string, got {_kind(item)}")
+        _text(item, f"{key}[{i}]")
     return value
 
 
@@ -360,7 +415,7 @@ def _labels(body: dict[str, Any], n: int) -> list[str | None] | None:
     for i, item in enumerate(value):
         if isinstance(item, bool) or not isinstance(item, (str, int, float, type(None))):
             raise _fail(422, f"'labels[{i}]' must be a string, a number or null, got {_kind(item)}")
-        out.append(None if item is None else str(item))
+        out.append(None if item is None else _text(str(item), f"labels[{i}]"))
     return out
 
 
@@ -376,9 +431,10 @@ def parse_score_request(body: Any) -> tuple[list[str], list[list[str]], str | No
         for j, step in enumerate(solution):
             if not isinstance(step, str):
                 raise _fail(422, f"'steps[{i}][{j}]' must be a string, got {_kind(step)}")
+            _text(step, f"steps[{i}][{j}]")
     problem = body.get("problem")
     if isinstance(problem, str):
-        problems = [problem] * len(steps)
+        problems = [_text(problem, "problem")] * len(steps)
     elif isinstance(problem, list):
         problems = _strings(body, "problem")
         if len(problems) != len(steps):
@@ -405,10 +461,13 @@ def create_app(
     from fastapi import Depends, FastAPI, Request, Response
     from fastapi.responses import JSONResponse
 
-    from tdrm_cli.prm import AGGREGATIONS, aggregate
+    from tdrm_cli.prm import AGGREGATIONS, NonFinite, TooLong, aggregate
     from tdrm_cli.rewards import VerifierReward
 
     cfg = cfg or ServeConfig()
+    if cfg.max_tokens is not None:
+        prm.max_tokens = cfg.max_tokens
+    surely_too_long = getattr(prm, "surely_too_long", None)
     agg = cfg.agg or getattr(prm, "agg", "min")
     if cfg.reward == "prm+rlvr" and task is None:
         raise UsageError("--reward prm+rlvr needs --task (the verifier's answer check)")
@@ -448,6 +507,14 @@ def create_app(
     async def overloaded(request: Request, exc: Overloaded):
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
+    @app.exception_handler(TooLong)
+    async def too_long(request: Request, exc: TooLong):
+        return JSONResponse({"detail": f"{exc} (--max-tokens)"}, status_code=413)
+
+    @app.exception_handler(NonFinite)
+    async def non_finite(request: Request, exc: NonFinite):
+        return JSONResponse({"detail": f"internal error: {exc}"}, status_code=500)
+
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -458,15 +525,34 @@ def create_app(
     def answer(content: dict[str, Any]) -> Response:
         # json.dumps straight to bytes: FastAPI's response-model encoding of these plain
         # dicts costs more than the rest of a small request
-        return Response(json.dumps(content).encode(), media_type="application/json")
+        # (never NaN: the PRM refuses to give one, and allow_nan=False makes sure)
+        return Response(json.dumps(content, allow_nan=False).encode(), media_type="application/json")
 
     async def step_values(problems: list[str], solutions: list[list[str]]) -> list[list[float]]:
+        if len(solutions) > cfg.max_solutions:
+            raise _fail(
+                413,
+                f"request holds {len(solutions)} solutions; the limit is {cfg.max_solutions} "
+                "(--max-solutions)",
+            )
+        if surely_too_long is not None:
+            for i, (question, steps) in enumerate(zip(problems, solutions, strict=True)):
+                if surely_too_long(question, steps):
+                    raise _fail(
+                        413,
+                        f"solution {i} is over the PRM's limit of {prm.max_tokens} tokens "
+                        "(--max-tokens)",
+                    )
         return await batcher_box["batcher"].submit(problems, solutions)
 
     @app.get("/health")
     async def health() -> Response:
         batcher = batcher_box["batcher"]
-        return answer({"status": "ok", "pending": batcher.queue.qsize(), **vars(batcher.stats)})
+        cache = len(getattr(prm, "_prompts", ()))
+        return answer({
+            "status": "ok", "pending": batcher.queue.qsize(), **vars(batcher.stats),
+            "prompt_cache": cache,
+        })  # fmt: skip
 
     @app.get("/info")
     async def info() -> Response:
@@ -484,6 +570,8 @@ def create_app(
             "limits": {
                 "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
                 "max_queue": cfg.max_queue, "max_request_bytes": cfg.max_request_bytes,
+                "max_solutions": cfg.max_solutions, "max_tokens": getattr(prm, "max_tokens", None),
+                "read_timeout_s": cfg.read_timeout_s, "max_connections": cfg.max_connections,
             },
             "version": __version__,
         })  # fmt: skip
@@ -491,7 +579,7 @@ def create_app(
     @app.post("/score")
     async def score(request: Request) -> Response:
         problems, solutions, agg_override = parse_score_request(
-            await read_json(request, cfg.max_request_bytes)
+            await read_json(request, cfg.max_request_bytes, cfg.read_timeout_s)
         )
         use = agg_override or agg
         if use not in AGGREGATIONS:
@@ -502,7 +590,7 @@ def create_app(
 
     @app.post("/get_reward")
     async def get_reward(request: Request) -> Response:
-        body = _object(await read_json(request, cfg.max_request_bytes))
+        body = _object(await read_json(request, cfg.max_request_bytes, cfg.read_timeout_s))
         queries = _strings(body, "query")
         prompts = _strings(body, "prompts", required=False)
         if prompts is not None and len(prompts) != len(queries):
@@ -568,6 +656,46 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def guarded_protocol(read_timeout_s: float):
+    """uvicorn's h11 protocol plus a deadline for a request's headers.
+
+    uvicorn times out only idle keep-alive connections, and only after a response: a client
+    that connects and sends half its headers (or nothing) holds a socket forever. Here every
+    connection must deliver complete request headers within `read_timeout_s` of opening, or
+    of its last response, or it is closed. (The body has its own deadline in `read_json`.)
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _waiting_for = None
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._waiting_for = self.cycle  # a new request replaces the cycle
+            self._deadline = self.loop.call_later(read_timeout_s, self._expire)
+
+        def _expire(self) -> None:
+            if self.cycle is self._waiting_for and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
 def load_task_for(cfg: ServeConfig, prm: Any):
     from tdrm_cli.console import log
     from tdrm_cli.tasks import load_task
@@ -613,7 +741,15 @@ def run(cfg: ServeConfig) -> None:
             f"http://{cfg.host}:{cfg.port} after {time.perf_counter() - start:.1f}s load"
         )
         server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+            uvicorn.Config(
+                app,
+                http=guarded_protocol(cfg.read_timeout_s),
+                limit_concurrency=cfg.max_connections,
+                timeout_keep_alive=5,
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=5,
+            )
         )
         server.run(sockets=[sock])
     finally:
