@@ -76,7 +76,7 @@ def test_too_many_solutions_is_a_413_naming_the_limit(port):
 
 def half_sent(port: int, headers_only: bool) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    head = f"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+    head = "POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
     sock.sendall(head.encode() if headers_only else (head + "\r\n" + '{"problem": ').encode())
     return sock
 

@@ -18,7 +18,7 @@ from typing import Any
 import typer
 
 from tdrm_cli import __version__, config
-from tdrm_cli.errors import UsageError
+from tdrm_cli.errors import UsageError, first_line, one_line
 from tdrm_cli.runs import rank
 
 app = typer.Typer(
@@ -62,8 +62,14 @@ STAGES: dict[str, tuple[type, str, str]] = {
 
 
 def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(2)
+
+
+def os_error(e: OSError) -> str:
+    """One line for an I/O failure (disk full, permission, a vanished file): what and where."""
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or first_line(e)}"
 
 
 def _option_for(field: dataclasses.Field, annotation: Any) -> tuple[Any, Any]:
@@ -114,6 +120,8 @@ def stage_command(name: str, cfg_cls: type, module: str, help_text: str) -> None
                 path = stage.run(cfg)
         except UsageError as e:
             fail(str(e))
+        except OSError as e:  # the run folder is already marked failed
+            fail(os_error(e))
         if rank() == 0:  # under torchrun, one line, from rank 0
             typer.echo(str(path))
 
@@ -259,6 +267,8 @@ def pipeline_command(
             path = run_pipeline(loaded, only=only or None)
     except UsageError as e:
         fail(str(e))
+    except OSError as e:
+        fail(os_error(e))
     typer.echo(str(path))
 
 
@@ -322,7 +332,7 @@ def main() -> None:
     try:
         app()
     except UsageError as e:  # raised outside a stage body (e.g. while parsing)
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {one_line(str(e))}", err=True)
         sys.exit(2)
 
 

@@ -643,8 +643,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"{path}: config file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = first_line(e)
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        # ValueError: an integer of more than 4300 digits
+        first = first_line(e)[:200]
         raise UsageError(f"{path}: not valid YAML ({first})") from None
     if data is None:
         return {}
@@ -665,10 +666,18 @@ def build_config(
         if name not in names:
             raise UsageError(f"{source}: unknown key '{key}' for {cls.__name__}")
         values[name] = _coerce(value, hints[name], f"{source}: key '{key}'")
+    from_yaml = set(values)
     for name, value in flags.items():
         if value is not None and not (isinstance(value, list | tuple) and len(value) == 0):
             values[name] = list(value) if isinstance(value, tuple) else value
-    return cls(**values)
+            from_yaml.discard(name)
+    try:
+        return cls(**values)
+    except UsageError as e:  # a bad value that came from the file: name the file too
+        flag = str(e).split(" ", 1)[0].rstrip(":,")
+        if flag.startswith("--") and flag[2:].replace("-", "_") in from_yaml:
+            raise UsageError(f"{source}: {e}") from None
+        raise
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -193,6 +193,12 @@ class HFBackend:
         for start in range(0, len(flat), self.batch_size):
             batch = flat[start : start + self.batch_size]
             enc = self._encode(batch)
+            context = getattr(self.model.config, "max_position_embeddings", None)
+            if context and enc["input_ids"].shape[1] > context:
+                raise UsageError(
+                    f"a prompt of {enc['input_ids'].shape[1]} tokens is longer than the "
+                    f"policy's context of {context} tokens (shorten the problem text)"
+                )
             torch.manual_seed(sampling.seed * 1_000_003 + start)
             with torch.inference_mode():
                 out = self.model.generate(

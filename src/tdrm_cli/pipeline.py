@@ -27,7 +27,7 @@ from tdrm_cli import config
 from tdrm_cli.console import console
 from tdrm_cli.errors import UsageError
 from tdrm_cli.report import key_metric
-from tdrm_cli.runs import FolderLock, atomic_write_json, is_run_dir, read_manifest
+from tdrm_cli.runs import FolderLock, atomic_write_json, is_run_dir, make_folder, read_manifest
 
 RECIPE_KEYS = {"root", "seed", "stages", "description"}
 STEP_KEYS = {"name", "stage", "args"}
@@ -160,7 +160,13 @@ def step_status(recipe: Recipe, step: Step) -> str:
 
 def run_pipeline(recipe: Recipe, only: list[str] | None = None) -> Path:
     """Run every step in order; returns the recipe's root folder."""
-    recipe.root.mkdir(parents=True, exist_ok=True)
+    names = [step.name for step in recipe.steps]
+    unknown = [name for name in only or () if name not in names]
+    if unknown:
+        raise UsageError(
+            f"--only {unknown[0]}: no such stage in {recipe.path} (stages: {', '.join(names)})"
+        )
+    make_folder(recipe.root, "--root")
     lock = FolderLock.acquire(recipe.root, "--root")  # one pipeline per root; stages lock their own
     try:
         return _run_steps(recipe, only)

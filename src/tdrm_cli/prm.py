@@ -364,11 +364,9 @@ class PRM:
 
     def save(self, path: str | Path) -> Path:
         """HF folder (safetensors) + tokenizer + `tdrm_prm.json`."""
-        from tdrm_cli.runs import atomic_write_json
+        from tdrm_cli.runs import atomic_write_json, save_model
 
-        path = Path(path)
-        self.model.save_pretrained(str(path), safe_serialization=True)
-        self.tokenizer.save_pretrained(str(path))
+        path = save_model(self.model, self.tokenizer, Path(path))
         atomic_write_json(path / PRM_META, self.meta)
         return path
 
@@ -399,7 +397,9 @@ def check_prm_meta(meta: dict[str, Any], config: dict[str, Any], where: str) -> 
     for name in ("td_lambda", "gamma"):
         value = meta.get(name)
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
         ):
             raise UsageError(f"{where}: field '{name}' must be a finite number")
     return meta

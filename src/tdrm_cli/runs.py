@@ -28,8 +28,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tdrm_cli.config import dump_yaml
-from tdrm_cli.errors import UsageError
+from tdrm_cli.config import dump_yaml, shown
+from tdrm_cli.errors import JSON_ERRORS, UsageError
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
@@ -53,6 +53,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_model(model: Any, tokenizer: Any, folder: Path) -> Path:
+    """`save_pretrained` of a model (safetensors only) and its tokenizer, every file 0644
+    like the rest of a run folder (transformers writes the weights 0600)."""
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    for path in Path(folder).iterdir():
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o644)
+    return Path(folder)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -155,7 +166,7 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / MANIFEST
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, *JSON_ERRORS) as e:
         raise UsageError(f"{path}: unreadable run manifest ({type(e).__name__})") from None
     if not isinstance(data, dict) or "stage" not in data or "status" not in data:
         raise UsageError(f"{path}: not a tdrm run manifest (missing 'stage' or 'status')")
@@ -323,16 +334,34 @@ def check_inputs_unchanged(out: Path, manifest: dict[str, Any], cfg: Any = None)
             )
 
 
+def make_folder(path: Path, flag: str) -> None:
+    """`mkdir -p`, or a one-line UsageError saying why not (a file in the way, a dangling
+    link, no permission, a read-only file system, a name too long)."""
+    try:
+        if path.is_symlink() and not path.exists():
+            raise UsageError(f"{flag} {shown(str(path), 300)}: a dangling symbolic link")
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{flag} {shown(str(path), 300)}: exists and is not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(
+            f"{flag} {shown(str(path), 300)}: cannot create the folder ({e.strerror or e})"
+        ) from None
+
+
 def prepare_run(stage: str, cfg: Any) -> Run:
     """Create (or reopen with --resume) the run folder for `cfg.out`, locked; refuse to clobber."""
     out = Path(cfg.out) if cfg.out else default_out(stage)
     cfg.out = str(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
-    if cfg.resume and not is_run_dir(out):
-        raise UsageError(f"--out {out}: no run to resume")
-    check_out_apart(out, cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if cfg.resume and not is_run_dir(out):
+            raise UsageError(f"--out {out}: no run to resume")
+        check_out_apart(out, cfg)
+    except OSError as e:  # e.g. a name too long to look up
+        raise UsageError(
+            f"--out {shown(str(out), 300)}: unusable path ({e.strerror or e})"
+        ) from None
+    make_folder(out, "--out")
     lock = FolderLock.acquire(out)
     try:
         manifest = _open_manifest(stage, cfg, out)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tdrm_cli import __version__
-from tdrm_cli.errors import UsageError
+from tdrm_cli.errors import UsageError, check_text
 from tdrm_cli.steps import build_prompt, split_steps
 
 REWARDS = ("prm", "prm+rlvr")
@@ -85,7 +85,9 @@ class ServeConfig:
 
         for name in ("prm_weight", "max_wait_ms", "read_timeout_s"):
             value = getattr(self, name)
-            check(math.isfinite(value), f"--{name.replace('_', '-')} {value}: must be a finite number")
+            check(
+                math.isfinite(value), f"--{name.replace('_', '-')} {value}: must be a finite number"
+            )
         check(self.reward in REWARDS, f"--reward {self.reward}: expected {' or '.join(REWARDS)}")
         check(0.0 <= self.prm_weight <= 1.0, f"--prm-weight {self.prm_weight}: must be in [0, 1]")
         check(
@@ -368,14 +370,11 @@ async def read_json(request: Any, limit: int, timeout_s: float = 30.0) -> Any:
 
 
 def _text(value: str, where: str) -> str:
-    """A string the tokenizer can take: lone UTF-16 surrogates (valid JSON escapes, not
-    text) are a 422."""
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _fail(422, f"'{where}' is not valid Unicode (a lone surrogate)") from None
-    return value
+    """A string the tokenizer can take: a lone UTF-16 surrogate is a 422."""
+    try:
+        return check_text(value, f"'{where}'")
+    except UsageError as e:
+        raise _fail(422, str(e)) from None
 
 
 def _object(body: Any) -> dict[str, Any]:
@@ -526,7 +525,9 @@ def create_app(
         # json.dumps straight to bytes: FastAPI's response-model encoding of these plain
         # dicts costs more than the rest of a small request
         # (never NaN: the PRM refuses to give one, and allow_nan=False makes sure)
-        return Response(json.dumps(content, allow_nan=False).encode(), media_type="application/json")
+        return Response(
+            json.dumps(content, allow_nan=False).encode(), media_type="application/json"
+        )
 
     async def step_values(problems: list[str], solutions: list[list[str]]) -> list[list[float]]:
         if len(solutions) > cfg.max_solutions:

@@ -20,7 +20,7 @@ from typing import Any
 from tdrm_cli import metrics as M
 from tdrm_cli.config import EvalConfig
 from tdrm_cli.console import log
-from tdrm_cli.errors import UsageError
+from tdrm_cli.errors import JSON_ERRORS, UsageError, check_text, json_reason
 from tdrm_cli.runs import atomic_write_json, require_complete, resolve_model, run_stage
 from tdrm_cli.tasks import grade, load_task
 
@@ -167,8 +167,8 @@ def read_steps_file(path: str) -> list[dict[str, Any]]:
             item = json.loads(line.decode("utf-8"))
         except UnicodeDecodeError:
             raise UsageError(f"{path} line {line_no}: not valid UTF-8") from None
-        except json.JSONDecodeError:
-            raise UsageError(f"{path} line {line_no}: not valid JSON") from None
+        except JSON_ERRORS as e:
+            raise UsageError(f"{path} line {line_no}: not valid JSON{json_reason(e)}") from None
         if not isinstance(item, dict):
             raise UsageError(f"{path} line {line_no}: expected a JSON object")
         for field, kind in (("problem", str), ("steps", list), ("label", int)):
@@ -181,6 +181,8 @@ def read_steps_file(path: str) -> list[dict[str, Any]]:
             raise UsageError(
                 f"{path} line {line_no}: field 'steps' must be a non-empty list of strings"
             )
+        for field, text in (("problem", item["problem"]), *(("steps", s) for s in steps)):
+            check_text(text, f"{path} line {line_no}: field '{field}'")
         if not -1 <= label < len(steps):
             raise UsageError(
                 f"{path} line {line_no}: field 'label' {label} is outside -1..{len(steps) - 1}"

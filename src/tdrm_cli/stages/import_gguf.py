@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tdrm_cli.console import log
 from tdrm_cli.errors import UsageError
-from tdrm_cli.runs import atomic_write_json, now, versions
+from tdrm_cli.runs import atomic_write_json, now, save_model, versions
 
 IMPORT_META = "tdrm_import.json"
 # alias -> (PyPI distribution, file inside it, default folder name under models/)
@@ -116,8 +116,7 @@ def convert(gguf_path: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=loaded.dtype)
     model.load_state_dict(loaded.state_dict(), strict=True)
     model.generation_config = loaded.generation_config
-    model.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
+    save_model(model, tokenizer, out)
 
 
 def _replace(tmp: Path, out: Path) -> None:

@@ -48,6 +48,7 @@ from tdrm_cli.runs import (
     open_run,
     rank,
     resolve_model,
+    save_model,
     world_size,
 )
 from tdrm_cli.steps import (
@@ -506,10 +507,7 @@ def run(cfg: RLConfig) -> Path:
 
 def save_policy(trainer, tokenizer, policy_dir: str, out: Path) -> None:
     """Safetensors policy + tokenizer + the starting policy's tdrm_policy.json (no pickles)."""
-    trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
-        str(out), safe_serialization=True
-    )
-    tokenizer.save_pretrained(str(out))
+    save_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, out)
     if (Path(policy_dir) / POLICY_META).is_file():
         shutil.copy(Path(policy_dir) / POLICY_META, out / POLICY_META)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from tdrm_cli.config import SFTConfig
 from tdrm_cli.console import console, log
-from tdrm_cli.runs import Run, atomic_write_json, run_stage
+from tdrm_cli.runs import Run, atomic_write_json, run_stage, save_model
 from tdrm_cli.steps import DEFAULT_SEPARATOR, POLICY_META, join_steps, split_steps
 from tdrm_cli.tasks import Problem, Task, grade, load_task
 
@@ -229,8 +229,7 @@ def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     check_finite(trainer.model, result.training_loss, "sft")
     model_dir = run.path / "model"
-    trainer.model.save_pretrained(str(model_dir))  # safetensors only; no pickled training_args.bin
-    tokenizer.save_pretrained(str(model_dir))
+    save_model(trainer.model, tokenizer, model_dir)  # no pickled training_args.bin
     meta = {"prompt_template": PROMPT_TEMPLATE, "separator": DEFAULT_SEPARATOR, "task": cfg.task}
     atomic_write_json(model_dir / POLICY_META, meta)
     run.manifest["metrics"]["train_loss"] = round(float(result.training_loss), 4)

@@ -343,7 +343,7 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
         agg=cfg.agg,
         head=cfg.head,
         loss=cfg.loss,
-        base=str(Path(base).resolve()) if Path(base).exists() else str(base),
+        base=str(Path(ref).resolve()) if Path(ref := cfg.base or base).exists() else str(ref),
         gamma=cfg.gamma,
         td_lambda=cfg.td_lambda,
         n_step=cfg.n_step,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tdrm_cli.errors import UsageError, first_line
+from tdrm_cli.errors import JSON_ERRORS, UsageError, check_text, first_line, json_reason
 from tdrm_cli.tasks import Problem
 from tdrm_cli.tasks.answers import FinalAnswerChecking, extract_answer, gold_answer
 
@@ -131,8 +131,8 @@ def _jsonl_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
                     continue
                 try:
                     record = json.loads(text)
-                except json.JSONDecodeError:
-                    raise UsageError(f"{where}: not valid JSON") from None
+                except JSON_ERRORS as e:
+                    raise UsageError(f"{where}: not valid JSON{json_reason(e)}") from None
                 if not isinstance(record, dict):
                     raise UsageError(
                         f"{where}: expected a JSON object, got {type(record).__name__}"
@@ -164,7 +164,7 @@ def _text(record: dict[str, Any], key: str, where: str) -> str:
         raise UsageError(f"{where}: field '{key}' is {kind}")
     if not str(value).strip():
         raise UsageError(f"{where}: field '{key}' is empty")
-    return str(value)
+    return check_text(str(value), f"{where}: field '{key}'")
 
 
 def _split(record: dict[str, Any], key: str, where: str) -> str:
