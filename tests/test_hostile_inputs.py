@@ -15,23 +15,15 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from test_malformed_inputs import Inputs, write
+
 HUGE_INT = "9" * 5001
 NESTED = "[" * 50_000 + "]" * 50_000
-
-
-@dataclass
-class Inputs:
-    tmp: Path
-    out: Path
-    policy: Path
-    collect: Path
-    prm: Path
 
 
 Case = Callable[[Inputs], tuple[list[Any], list[str]]]
@@ -45,11 +37,6 @@ def tdrm(*args: Any, env: dict[str, str] | None = None) -> subprocess.CompletedP
         [sys.executable, "-m", "tdrm_cli", *map(str, args)],
         capture_output=True, text=True, env=environ, timeout=300,
     )  # fmt: skip
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def flags(*args: Any, needles: tuple[str, ...] = ()) -> Case:
