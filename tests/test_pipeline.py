@@ -160,6 +160,8 @@ def test_the_demo_recipe_runs_end_to_end_on_a_tiny_budget(tmp_path):
     root = tmp_path / "demo"
     for step in recipe["stages"]:
         assert read_manifest(root / step["name"])["status"] == "complete", step["name"]
+    sft = json.loads((root / "sft" / "metrics.json").read_text())
+    assert sft["attempts"] == 3 and sft["stopped_at_pass1"] is None  # 4 steps: never reached
     prm_meta = json.loads((root / "prm-td" / "model" / "tdrm_prm.json").read_text())
     assert prm_meta["head"] == "likelihood" and prm_meta["base"].endswith("verifier")
     metrics = json.loads((root / "eval" / "metrics.json").read_text())

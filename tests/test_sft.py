@@ -90,6 +90,39 @@ def test_stop_at_pass1_stops_at_the_first_check_that_reaches_it(tmp_path, monkey
     assert metrics["train_steps"] == 15 and metrics["stopped_at_pass1"] == 0.7
 
 
+def test_restarts_train_again_from_fresh_weights_until_the_target_is_reached(
+    tmp_path, monkeypatch
+):
+    from tdrm_cli.stages import sft
+
+    from safetensors.torch import load_file
+
+    values = iter([0.1, 0.2, 0.1, 0.3, 0.8])  # attempt 1: 2 checks, 2: 2 checks, 3: reaches
+
+    def fake_pass1(model, tokenizer, task, problems):
+        return next(values)
+
+    monkeypatch.setattr(sft, "greedy_pass1", fake_pass1)
+    args = ["sft", "--out", tmp_path / "s", "--max-steps", "10", "--train-problems", "100"]
+    tiny = ["--hidden-size", "16", "--layers", "1", "--heads", "1", "--eval-problems", "0"]
+    flags = ["--stop-at-pass1", "0.6", "--check-every", "5", "--restarts", "3", "--seed", "4"]
+    result = invoke(*args, *tiny, *flags)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert metrics["attempts"] == 3 and metrics["attempt_seed"] == 2004
+    assert metrics["stopped_at_pass1"] == 0.8 and metrics["train_steps"] == 5
+    assert not (tmp_path / "s" / "checkpoints").exists()
+    # the third attempt is exactly a fresh run with its seed: nothing carried over
+    values = iter([0.8])
+    fresh = [*flags[:4], "--seed", "2004"]
+    assert invoke(*args[:2], tmp_path / "f", *args[3:], *tiny, *fresh).exit_code == 0
+    restarted = load_file(tmp_path / "s" / "model" / "model.safetensors")
+    alone = load_file(tmp_path / "f" / "model" / "model.safetensors")
+    assert all((restarted[k] == alone[k]).all() for k in alone)
+    refused = invoke("sft", "--restarts", "2", "--out", tmp_path / "t")
+    assert refused.exit_code == 2 and "--restarts needs --stop-at-pass1" in refused.stderr
+
+
 def test_greedy_pass1_grades_the_models_greedy_solutions(tiny_policy):
     from transformers import AutoModelForCausalLM
 

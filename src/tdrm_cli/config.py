@@ -66,6 +66,7 @@ LIMITS: dict[str, int] = {
     "layers": 1024,
     "heads": 1024,
     "epochs": 10_000,
+    "restarts": 100,
 }
 
 
@@ -133,6 +134,12 @@ class SFTConfig(RunConfig):
         "--hidden-size/--layers/--heads are then the model's own.",
     )
     check_problems: int = opt(100, "Held-aside train-split problems for --stop-at-pass1.")
+    restarts: int = opt(
+        0,
+        "With --stop-at-pass1: train again from fresh weights (seed + 1000 per restart) up to "
+        "this many times while the target is not reached by the last step (a tiny policy's "
+        "sudden learning transition comes at a seed-dependent step, or not at all).",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -143,6 +150,11 @@ class SFTConfig(RunConfig):
         )
         _check(self.check_every > 0, "--check-every must be > 0")
         _check(self.check_problems > 0, "--check-problems must be > 0")
+        _check(self.restarts >= 0, "--restarts must be >= 0")
+        _check(
+            self.restarts == 0 or self.stop_at_pass1 is not None,
+            "--restarts needs --stop-at-pass1 (the target that decides a restart)",
+        )
         _check(self.epochs > 0, "--epochs must be > 0")
         _check(self.batch_size > 0, "--batch-size must be > 0")
         _check(self.learning_rate > 0, "--learning-rate must be > 0")

@@ -8,6 +8,7 @@ held-out problems. The result is the policy every later stage starts from.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,58 @@ def stop_at_pass1(task: Task, problems: list[Problem], tokenizer: Any, target: f
     return StopAtPass1()
 
 
+ATTEMPT_FILE = "attempt.json"
+"""Under `checkpoints/`: which `--restarts` attempt the checkpoints belong to (for --resume)."""
+
+
+def attempt_seed(seed: int, attempt: int) -> int:
+    """The seed of restart `attempt` (attempt 0 is the run's own seed)."""
+    return seed + 1000 * attempt
+
+
 def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
+    """Train (with `--restarts`, again from fresh weights while `--stop-at-pass1` is not
+    reached), save the policy, record what happened in the manifest metrics."""
+    ckpt_dir = run.path / "checkpoints"
+    first = 0
+    if cfg.resume and (ckpt_dir / ATTEMPT_FILE).is_file():
+        saved = json.loads((ckpt_dir / ATTEMPT_FILE).read_text(encoding="utf-8"))["attempt"]
+        first = min(int(saved), cfg.restarts)
+    for attempt in range(first, cfg.restarts + 1):
+        if attempt > first or not cfg.resume:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        atomic_write_json(ckpt_dir / ATTEMPT_FILE, {"attempt": attempt})
+        seed = attempt_seed(cfg.seed, attempt)
+        trainer, tokenizer, result, stopper = train_once(cfg, run, task, seed, attempt == first)
+        if stopper is None or stopper.reached is not None or attempt == cfg.restarts:
+            break
+        log(
+            f"sft: attempt {attempt + 1} (seed {seed}) never reached greedy pass@1 "
+            f"{cfg.stop_at_pass1}; restarting from fresh weights with seed "
+            f"{attempt_seed(cfg.seed, attempt + 1)}"
+        )
+    model_dir = run.path / "model"
+    save_model(trainer.model, tokenizer, model_dir)  # no pickled training_args.bin
+    meta = {"prompt_template": PROMPT_TEMPLATE, "separator": DEFAULT_SEPARATOR, "task": cfg.task}
+    atomic_write_json(model_dir / POLICY_META, meta)
+    metrics = run.manifest["metrics"]
+    metrics["train_loss"] = round(float(result.training_loss), 4)
+    metrics["train_steps"] = int(result.global_step)
+    if stopper is not None:
+        metrics["stopped_at_pass1"] = (
+            None if stopper.reached is None else round(stopper.reached[1], 4)
+        )
+        metrics["attempts"] = attempt + 1
+        metrics["attempt_seed"] = seed
+        if stopper.reached is None:
+            log(f"sft: greedy pass@1 never reached {cfg.stop_at_pass1}; trained every step")
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return model_dir
+
+
+def train_once(cfg: SFTConfig, run: Run, task: Task, seed: int, resume: bool):
+    """One training from fresh weights (or `--init`) with `seed`: (trainer, tokenizer,
+    train result, the --stop-at-pass1 callback or None)."""
     import torch
     from transformers import Trainer, TrainingArguments, set_seed
 
@@ -178,7 +230,7 @@ def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
         last_checkpoint,
     )
 
-    set_seed(cfg.seed)
+    set_seed(seed)
     if cfg.init is None:
         tokenizer = build_char_tokenizer()
         model = build_model(cfg, tokenizer)
@@ -214,7 +266,7 @@ def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
         save_steps=cfg.save_steps,
         save_total_limit=1,
         report_to="none",
-        seed=cfg.seed,
+        seed=seed,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
     )
@@ -225,23 +277,10 @@ def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
         data_collator=pad_collator(tokenizer.pad_token_id),
         callbacks=callbacks,
     )
-    checkpoint = last_checkpoint(ckpt_dir) if cfg.resume else None
+    checkpoint = last_checkpoint(ckpt_dir) if resume and cfg.resume else None
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     check_finite(trainer.model, result.training_loss, "sft")
-    model_dir = run.path / "model"
-    save_model(trainer.model, tokenizer, model_dir)  # no pickled training_args.bin
-    meta = {"prompt_template": PROMPT_TEMPLATE, "separator": DEFAULT_SEPARATOR, "task": cfg.task}
-    atomic_write_json(model_dir / POLICY_META, meta)
-    run.manifest["metrics"]["train_loss"] = round(float(result.training_loss), 4)
-    run.manifest["metrics"]["train_steps"] = int(result.global_step)
-    if stopper is not None:
-        run.manifest["metrics"]["stopped_at_pass1"] = (
-            None if stopper.reached is None else round(stopper.reached[1], 4)
-        )
-        if stopper.reached is None:
-            log(f"sft: greedy pass@1 never reached {cfg.stop_at_pass1}; trained every step")
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return model_dir
+    return trainer, tokenizer, result, stopper
 
 
 def evaluate_policy(model_dir: Path, task: Task, n_problems: int, seed: int) -> dict[str, float]:
