@@ -47,6 +47,9 @@ def test_eval_policy_and_prm(tiny_policy, tiny_prm, tmp_path):
     assert (out / "value_trajectories.png").stat().st_size > 1000
     manifest = read_manifest(out)
     assert manifest["status"] == "complete" and set(manifest["inputs"]) == {"policy", "prm"}
+    baseline = metrics["prm"]["policy-likelihood"]  # the untrained row, on the same samples
+    assert baseline["solutions"] == prm["solutions"] and baseline["train_prm_degenerate"] is None
+    assert "| policy-likelihood |" in report
 
 
 def write_jsonl(path, rows):

@@ -272,21 +272,25 @@ def likelihood_prm(base) -> PRM:
 
 
 def reference_likelihood_values(base, prm: PRM, question: str, steps: list[str]) -> list[float]:
-    """By hand, per prefix: the causal LM's log-probability of every step token (its own LM
-    head, not the PRM's), the running minimum, plus the linear head at the prefix's end."""
+    """By hand, per prefix: the causal LM's log-probability of every token of the steps'
+    text (its own LM head, not the PRM's; the separators after each step left out), the
+    minimum, plus the linear head at the prefix's end."""
     import torch
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(str(base)).eval()
+    sep = len(prm.tokenizer(prm.separator, add_special_tokens=False)["input_ids"])
     out = []
     for t in range(1, len(steps) + 1):
         encoded = prm.encode(question, steps[:t])
+        separators = {j for end in encoded.ends for j in range(end + 1 - sep, end + 1)}
         ids = torch.tensor([encoded.ids])
         with torch.inference_mode():
             logprobs = torch.log_softmax(lm(input_ids=ids).logits[0].float(), dim=-1)
             floor = min(
                 logprobs[j - 1, encoded.ids[j]].item()
                 for j in range(encoded.prompt_len, len(encoded.ids))
+                if j not in separators
             )
             linear = prm.model(input_ids=ids).logits[0, -1, 0].item()
         out.append(1.0 / (1.0 + math.exp(-(linear + min(floor, 0.0)))))
@@ -347,3 +351,21 @@ def test_likelihood_head_refusals(base, tmp_path):
     check_head("linear", Untied(), "x")  # the linear head needs nothing
     with pytest.raises(UsageError, match="tie_word_embeddings"):
         check_head("likelihood", Untied(), "x")
+
+
+def test_the_policy_likelihood_baseline_is_the_floor_alone(base):
+    """The untrained baseline: the likelihood head with its linear part zeroed, so a step's
+    value is sigmoid(lowest log-probability the policy gives its steps' text so far)."""
+    from tdrm_cli.prm import policy_likelihood_prm, value_head
+
+    prm = policy_likelihood_prm(str(base))
+    assert prm.head == "likelihood" and float(value_head(prm.model).weight.abs().sum()) == 0.0
+    questions, solutions = arith_solutions(6, seed=7)
+    scores = prm.score(questions, solutions, batch_size=4)
+    diffs = [
+        abs(a - b)
+        for q, steps, row in zip(questions, solutions, scores, strict=True)
+        for a, b in zip(row, reference_likelihood_values(base, prm, q, steps), strict=True)
+    ]
+    assert len(diffs) > 6 and max(diffs) < 1e-5
+    assert all(v <= 0.5 + 1e-6 for row in scores for v in row)  # sigmoid of a log-probability

@@ -90,12 +90,10 @@ def test_stop_at_pass1_stops_at_the_first_check_that_reaches_it(tmp_path, monkey
     assert metrics["train_steps"] == 15 and metrics["stopped_at_pass1"] == 0.7
 
 
-def test_restarts_train_again_from_fresh_weights_until_the_target_is_reached(
-    tmp_path, monkeypatch
-):
-    from tdrm_cli.stages import sft
-
+def test_restarts_train_again_from_fresh_weights_until_the_target_is_reached(tmp_path, monkeypatch):
     from safetensors.torch import load_file
+
+    from tdrm_cli.stages import sft
 
     values = iter([0.1, 0.2, 0.1, 0.3, 0.8])  # attempt 1: 2 checks, 2: 2 checks, 3: reaches
 

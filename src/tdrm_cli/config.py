@@ -592,6 +592,12 @@ class EvalConfig(RunConfig):
     rl: list[str] = opt(
         [], "rl run folders to include in report.md (accuracy vs problems seen); repeatable."
     )
+    policy_likelihood: bool = opt(
+        True,
+        "Also score the samples with the policy's own likelihood (an untrained baseline row "
+        "'policy-likelihood': each step's value is the lowest probability the policy gives "
+        "any token of the steps so far; needs tied embeddings).",
+    )
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
     allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 

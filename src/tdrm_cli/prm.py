@@ -78,6 +78,9 @@ class Encoded:
     ids: list[int]
     ends: list[int]
     prompt_len: int
+    sep_tokens: int = 0
+    """How many of the last tokens of every step's piece are the separator (the likelihood
+    head reads only the steps' own tokens)."""
 
     @property
     def step_tokens(self) -> list[int]:
@@ -91,7 +94,8 @@ def pad_batch(rows: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
 
     Right padding keeps every real token at the position it has alone, so values do not
     depend on what shares the batch. Padded step slots point at token 0 and are masked.
-    `prompt_len` (`[batch]`) is where each row's steps start (for the likelihood head).
+    `text_mask` (`[batch, width]`) marks the steps' own tokens, prompt and separators left
+    out (for the likelihood head).
     """
     import torch
 
@@ -102,40 +106,46 @@ def pad_batch(rows: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
     step_index = torch.zeros((len(rows), steps), dtype=torch.long)
     step_mask = torch.zeros((len(rows), steps), dtype=torch.bool)
     prompt_len = torch.tensor([r.prompt_len for r in rows], dtype=torch.long)
+    text_mask = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, r in enumerate(rows):
         input_ids[i, : len(r.ids)] = torch.tensor(r.ids)
         attention_mask[i, : len(r.ids)] = 1
         step_index[i, : len(r.ends)] = torch.tensor(r.ends, dtype=torch.long)
         step_mask[i, : len(r.ends)] = True
+        text_mask[i, r.prompt_len : len(r.ids)] = True
+        for end in r.ends if r.sep_tokens else ():
+            text_mask[i, max(end + 1 - r.sep_tokens, r.prompt_len) : end + 1] = False
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "step_index": step_index,
         "step_mask": step_mask,
         "prompt_len": prompt_len,
+        "text_mask": text_mask,
     }
 
 
 HEADS = {
     "linear": "value logit = a linear head on the last token's hidden state",
     "likelihood": "the linear head plus the lowest log-probability the backbone's own LM "
-    "(tied input embeddings) gives any token of the steps so far: it reads how likely the "
+    "(tied input embeddings) gives any token of the steps so far (separators left out: a "
+    "policy ends its last step with a stop token, not a separator): it reads how likely the "
     "backbone finds what each step states",
 }
 """Value heads a PRM can have (`tdrm_prm.json` `head`; absent means `linear`)."""
 
 
-def step_logits(
-    model: Any, input_ids, attention_mask, step_index, head: str = "linear", prompt_len=None
-):
-    """Head logits at each step's last token: `[batch, steps]` from one forward pass."""
+def step_logits(model: Any, batch: dict[str, Any], head: str = "linear"):
+    """Head logits at each step's last token: `[batch, steps]` from one forward pass over
+    a `pad_batch` batch (its tensors on the model's device)."""
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     if head == "linear":
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, T, 1]
-        return logits[..., 0].gather(1, step_index)
+        return logits[..., 0].gather(1, batch["step_index"])
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     linear = value_head(model)(hidden)[..., 0]
-    floor = likelihood_floor(model, hidden, input_ids, prompt_len)
-    return (linear + floor.to(linear.dtype)).gather(1, step_index)
+    floor = likelihood_floor(model, hidden, input_ids, batch["text_mask"])
+    return (linear + floor.to(linear.dtype)).gather(1, batch["step_index"])
 
 
 def value_head(model: Any):
@@ -146,17 +156,17 @@ def value_head(model: Any):
     return head
 
 
-def likelihood_floor(model: Any, hidden, input_ids, prompt_len):
+def likelihood_floor(model: Any, hidden, input_ids, text_mask):
     """`[B, T]`: at position j, the lowest log-probability the backbone's LM (hidden states
-    times the tied input embeddings) gives any step token up to j (0 inside the prompt)."""
+    times the tied input embeddings) gives any token up to j that `text_mask` marks (0
+    before the first)."""
     import torch
 
     embeddings = model.get_input_embeddings().weight
     logprobs = torch.log_softmax((hidden[:, :-1] @ embeddings.T).float(), dim=-1)
     token = logprobs.gather(-1, input_ids[:, 1:, None])[..., 0]  # log p(token j | < j), j >= 1
     token = torch.cat([torch.zeros_like(token[:, :1]), token], dim=1)
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-    in_steps = positions[None, :] >= prompt_len.to(input_ids.device)[:, None]
+    in_steps = text_mask.to(input_ids.device)
     return torch.cummin(torch.where(in_steps, token, torch.zeros_like(token)), dim=1).values
 
 
@@ -290,6 +300,7 @@ class PRM:
         self.max_tokens: int | None = getattr(model.config, "max_position_embeddings", None)
         self._prompts: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._chars_per_token: int | None = None
+        self._separator_tokens: int | None = None
 
     @property
     def device(self):
@@ -311,12 +322,16 @@ class PRM:
     def encode(self, question: str, steps: Sequence[str]) -> Encoded:
         prompt, prompt_len = self._prompt(question)
         ids, ends = encode_pieces(self.tokenizer, prompt, list(steps), self.separator)
+        if self._separator_tokens is None:
+            self._separator_tokens = len(
+                self.tokenizer(self.separator, add_special_tokens=False)["input_ids"]
+            )
         if self.max_tokens is not None and len(ids) > self.max_tokens:
             raise TooLong(
                 f"a solution of {len(ids)} tokens (prompt and steps) is over the PRM's limit "
                 f"of {self.max_tokens} tokens"
             )
-        return Encoded(ids, ends, prompt_len)
+        return Encoded(ids, ends, prompt_len, self._separator_tokens)
 
     def surely_too_long(self, question: str, steps: Sequence[str]) -> bool:
         """True when the text alone shows the solution is over `max_tokens`, without
@@ -348,12 +363,7 @@ class PRM:
             batch = pad_batch([encoded[i] for i in rows], self.tokenizer.pad_token_id)
             with torch.inference_mode():
                 logits = step_logits(
-                    self.model,
-                    batch["input_ids"].to(self.device),
-                    batch["attention_mask"].to(self.device),
-                    batch["step_index"].to(self.device),
-                    self.head,
-                    batch["prompt_len"],
+                    self.model, {k: v.to(self.device) for k, v in batch.items()}, self.head
                 )
             probs = torch.sigmoid(logits.float()).cpu()
             if not bool(torch.isfinite(probs).all()):
@@ -369,6 +379,36 @@ class PRM:
         path = save_model(self.model, self.tokenizer, Path(path))
         atomic_write_json(path / PRM_META, self.meta)
         return path
+
+
+LIKELIHOOD_BASELINE = "policy-likelihood"
+
+
+def policy_likelihood_prm(
+    model_dir: str, trust_remote_code: bool = False, allow_pickle: bool = False
+) -> PRM | None:
+    """The policy as an untrained PRM: the likelihood head with its linear part zeroed, so
+    a step's value is sigmoid(lowest log-probability the policy gives any step token so far).
+    A generative verifier for free; None when the policy's embeddings are not tied."""
+    import torch
+
+    from tdrm_cli.steps import read_policy_meta
+
+    config = read_json_object(Path(model_dir) / "config.json", "--policy")
+    if not config.get("tie_word_embeddings", False):
+        return None
+    tokenizer = load_tokenizer(model_dir, trust_remote_code)
+    model = load_value_model(
+        model_dir, tokenizer.pad_token_id, "policy", trust_remote_code, torch.float32, allow_pickle
+    )
+    head = value_head(model)
+    with torch.no_grad():
+        head.weight.zero_()
+        if getattr(head, "bias", None) is not None:
+            head.bias.zero_()
+    meta = prm_meta(tokenizer, read_policy_meta(model_dir), head="likelihood", loss="none")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return PRM(model.to(device), tokenizer, meta)
 
 
 def prm_meta(tokenizer: Any, policy_meta: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -89,7 +89,10 @@ class StepCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        rows = [Encoded(f["input_ids"], f["step_index"], f["prompt_len"]) for f in features]
+        rows = [
+            Encoded(f["input_ids"], f["step_index"], f["prompt_len"], f.get("sep_tokens", 0))
+            for f in features
+        ]
         batch = pad_batch(rows, self.pad_id)
         shape = batch["step_mask"].shape
         batch["terminal"] = torch.tensor([f["terminal"] for f in features], dtype=torch.float32)
@@ -146,14 +149,7 @@ class PRMTrainer(Trainer):
         import torch
 
         mask = inputs["step_mask"]
-        logits = step_logits(
-            model,
-            inputs["input_ids"],
-            inputs["attention_mask"],
-            inputs["step_index"],
-            self.head,
-            inputs["prompt_len"],
-        ).float()
+        logits = step_logits(model, inputs, self.head).float()
         values = torch.sigmoid(logits)
         bootstrap = (
             self._frozen_values(model, inputs) if self.target_model is not None else values.detach()
@@ -172,14 +168,7 @@ class PRMTrainer(Trainer):
             self.target_model.load_state_dict(self.accelerator.unwrap_model(model).state_dict())
             self._target_step = step
         with torch.no_grad():
-            logits = step_logits(
-                self.target_model,
-                inputs["input_ids"],
-                inputs["attention_mask"],
-                inputs["step_index"],
-                self.head,
-                inputs["prompt_len"],
-            )
+            logits = step_logits(self.target_model, inputs, self.head)
         return torch.sigmoid(logits.float())
 
     def _record(self, values, targets, inputs) -> None:

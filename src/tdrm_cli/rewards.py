@@ -173,14 +173,7 @@ class OnlinePRMUpdate(TrainerCallback):
             }
             mask = batch["step_mask"]
             terminal = torch.tensor([verdict for _, _, verdict in chunk], device=self.prm.device)
-            logits = step_logits(
-                self.prm.model,
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch["step_index"],
-                self.prm.head,
-                batch["prompt_len"],
-            )
+            logits = step_logits(self.prm.model, batch, self.prm.head)
             values = torch.sigmoid(logits.float())
             targets = td.td_lambda_targets(
                 values.detach(), None, terminal, mask, gamma=self.gamma, lam=self.td_lambda

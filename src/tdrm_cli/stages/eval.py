@@ -21,6 +21,7 @@ from tdrm_cli import metrics as M
 from tdrm_cli.config import EvalConfig
 from tdrm_cli.console import log
 from tdrm_cli.errors import JSON_ERRORS, UsageError, check_text, json_reason
+from tdrm_cli.prm import LIKELIHOOD_BASELINE
 from tdrm_cli.runs import atomic_write_json, require_complete, resolve_model, run_stage
 from tdrm_cli.tasks import grade, load_task
 
@@ -245,6 +246,18 @@ def check_inputs(cfg: EvalConfig) -> str | None:
     return model_path
 
 
+def likelihood_baseline(cfg: EvalConfig, model_path: str):
+    """The policy's own likelihood as an untrained PRM (`prm.policy_likelihood_prm`), or None."""
+    from tdrm_cli.prm import policy_likelihood_prm
+
+    if not cfg.policy_likelihood or cfg.policy is None or not Path(model_path).is_dir():
+        return None
+    prm = policy_likelihood_prm(model_path, cfg.trust_remote_code, cfg.allow_pickle)
+    if prm is None:
+        log(f"eval: {cfg.policy} has untied embeddings; no '{LIKELIHOOD_BASELINE}' row")
+    return prm
+
+
 def run(cfg: EvalConfig) -> Path:
     from tdrm_cli.prm import load_prm
     from tdrm_cli.report import write_report
@@ -276,6 +289,10 @@ def run(cfg: EvalConfig) -> Path:
                 [r["correct"] for r in rows], [r["truth"] for r in rows]
             )
             results["prm"] = {}
+            baseline = likelihood_baseline(cfg, model_path)
+            if baseline is not None:
+                prms[LIKELIHOOD_BASELINE] = baseline
+                held_out[LIKELIHOOD_BASELINE] = None
             for name, prm in prms.items():
                 results["prm"][name], values = prm_quality(
                     prm, rows, cfg.threshold_fraction, cfg.batch_size
@@ -286,6 +303,7 @@ def run(cfg: EvalConfig) -> Path:
             results["steps_file"] = {
                 name: steps_file_quality(prm, file_rows, cfg.threshold_fraction, cfg.batch_size)
                 for name, prm in prms.items()
+                if name != LIKELIHOOD_BASELINE  # the policy's likelihood is for its own samples
             }
         atomic_write_json(run.path / RESULTS, results)
         write_report(run.path, results, trajectories, cfg)

@@ -228,6 +228,7 @@ def encode_rows(prm: PRM, frame) -> list[dict[str, Any]]:
                 "input_ids": encoded.ids,
                 "step_index": encoded.ends,
                 "prompt_len": encoded.prompt_len,
+                "sep_tokens": encoded.sep_tokens,
                 "terminal": float(correct),
                 "mc_labels": labels,
                 "truth_labels": truth if truth is not None and len(truth) == len(steps) else None,
