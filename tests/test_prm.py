@@ -359,7 +359,9 @@ def test_the_policy_likelihood_baseline_is_the_floor_alone(base):
     from tdrm_cli.prm import policy_likelihood_prm, value_head
 
     prm = policy_likelihood_prm(str(base))
-    assert prm.head == "likelihood" and float(value_head(prm.model).weight.abs().sum()) == 0.0
+    assert (
+        prm.head == "likelihood" and float(value_head(prm.model).weight.detach().abs().sum()) == 0.0
+    )
     questions, solutions = arith_solutions(6, seed=7)
     scores = prm.score(questions, solutions, batch_size=4)
     diffs = [
