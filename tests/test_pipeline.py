@@ -178,5 +178,8 @@ def test_the_demo_recipe_runs_end_to_end_on_a_tiny_budget(tmp_path):
     numbers = seed_numbers(root)
     assert numbers["policy greedy pass@1"] == metrics["policy"]["pass@1"]
     assert "Best-of-4 majority" in numbers and "rl-td final accuracy" in numbers
+    assert "policy-likelihood step AUROC" in numbers
+    gain = numbers["Best-of-4 prm-td/min/weighted minus majority"]
+    assert gain == numbers["Best-of-4 prm-td/min/weighted"] - numbers["Best-of-4 majority"]
     table = seeds_table([root, root])
     assert table.count("± 0.000") == sum(v is not None for v in numbers.values())

@@ -581,15 +581,19 @@ def seed_numbers(root: Path) -> dict[str, float]:
         "policy greedy pass@1": evaluated["policy"]["pass@1"],
         "coupling": evaluated["coupling"]["coupling"],
     }
-    for name in ("prm-td", "prm-mc", "prm-truth", "prm-td-nomc"):
+    for name in ("prm-td", "prm-mc", "prm-truth", "prm-td-nomc", "policy-likelihood"):
         if name in evaluated.get("prm", {}):
             out[f"{name} step AUROC"] = evaluated["prm"][name]["step_auroc"]
             out[f"{name} outcome AUROC"] = evaluated["prm"][name]["outcome_auroc"]
     bon = json.loads((root / "bon" / "results.json").read_text(encoding="utf-8"))
     top = max(bon["ns"])
-    for row in bon["rows"]:
-        if row["n"] == top and (row["name"] == "majority" or row["name"].endswith("/weighted")):
-            out[f"Best-of-{top} {row['name']}"] = row["accuracy"]
+    at_top = {row["name"]: row["accuracy"] for row in bon["rows"] if row["n"] == top}
+    for name, accuracy in at_top.items():
+        if name == "majority" or name.endswith("/weighted"):
+            out[f"Best-of-{top} {name}"] = accuracy
+    for name, accuracy in at_top.items():
+        if name.endswith("/weighted"):
+            out[f"Best-of-{top} {name} minus majority"] = accuracy - at_top["majority"]
     search = json.loads((root / "search" / "results.json").read_text(encoding="utf-8"))
     for row in search["rows"]:
         out[f"{row['method']} search {row['prm']}"] = row["accuracy"]
