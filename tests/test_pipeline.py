@@ -171,6 +171,7 @@ def test_the_demo_recipe_runs_end_to_end_on_a_tiny_budget(tmp_path):
     assert "The paper's directions, as measured here" in report
     assert "TD-PRM beats MC-PRM at Best-of-N" in report
     assert "PRM quality against training data and generation cost" in report
+    assert "### Search against sampling at the same token budget" in report
     assert read_manifest(root / "prm-td-30")["metrics"]["train_problems"] <= 30
     # make demo-seeds' table over roots: the same root twice has zero spread.
     from tdrm_cli.report import seed_numbers, seeds_table

@@ -170,6 +170,67 @@ def search_section(run_dir: Path, out: Path) -> str:
     return text + copy_plots(run_dir, out, "search", "search accuracy vs tokens")
 
 
+def matched_budget_section(search_dirs: list[str], bon_dirs: list[str], policy: dict | None) -> str:
+    """Search against sampling at the same generated-token budget: for every search row,
+    majority and the same PRM's weighted vote at the largest N whose samples (N x the mean
+    tokens of a `bon` candidate) cost no more than the search did; and the policy's greedy
+    decoding alone."""
+    import pyarrow.parquet as pq
+
+    bon_dir = next((Path(b) for b in bon_dirs if (Path(b) / "scores.parquet").is_file()), None)
+    if bon_dir is None or not search_dirs:
+        return ""
+    bon = _load(bon_dir, "results.json")
+    tokens = pq.read_table(bon_dir / "scores.parquet", columns=["num_tokens"])["num_tokens"]
+    counted = [t for t in tokens.to_pylist() if t is not None]
+    if not counted:
+        return ""
+    per_sample = sum(counted) / len(counted)
+    accuracy = {(r["name"], r["n"]): r["accuracy"] for r in bon["rows"]}
+    rows = []
+    for search_dir in search_dirs:
+        for r in _load(Path(search_dir), "results.json")["rows"]:
+            affordable = [n for n in bon["ns"] if n * per_sample <= r["tokens_per_problem"]]
+            n = max(affordable, default=None)
+            weighted = next(
+                (v for (name, m), v in accuracy.items()
+                 if m == n and name.startswith(f"{r['prm']}/") and name.endswith("/weighted")),
+                None,
+            )  # fmt: skip
+            rows.append([
+                r["method"], r["prm"], r["accuracy"], r["tokens_per_problem"], n,
+                accuracy.get(("majority", n)), weighted,
+            ])  # fmt: skip
+    greedy = (policy or {}).get("pass@1")
+    alone = (
+        f"The policy's greedy decoding alone: pass@1 {greedy:.3f}, about {per_sample:.0f} "
+        "tokens per problem.\n"
+        if greedy is not None
+        else ""
+    )
+    return (
+        "### Search against sampling at the same token budget\n\n"
+        f"Best-of-N from `{bon_dir}` at the largest N whose candidates (mean "
+        f"{per_sample:.1f} generated tokens each) cost no more than the search did per "
+        "problem (none: not even one fits). Each on its own problems (the first ones of "
+        "the same split), so the two columns are not paired.\n\n"
+        + md_table(
+            [
+                "method",
+                "PRM",
+                "search accuracy",
+                "search tokens / problem",
+                "N",
+                "majority@N",
+                "PRM-weighted@N",
+            ],
+            rows,
+        )  # fmt: skip
+        + "\n\n"
+        + alone
+    )
+
+
 def problems_to_reach(points: list[dict], target: float) -> int | None:
     """Training problems seen when held-out accuracy first reaches `target` (None: never)."""
     return next(
@@ -371,6 +432,9 @@ def write_report(out: Path, results: dict, trajectories: dict, cfg) -> Path:
         parts.append("## Inference-time search and RL")
     parts += [bon_section(Path(p), out) for p in cfg.bon]
     parts += [search_section(Path(p), out) for p in cfg.search]
+    budget = matched_budget_section(cfg.search, cfg.bon, results.get("policy"))
+    if budget:
+        parts.append(budget)
     if cfg.rl:
         parts.append(rl_section(cfg.rl, out))
     if results.get("prm"):
