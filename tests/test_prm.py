@@ -297,15 +297,20 @@ def reference_likelihood_values(base, prm: PRM, question: str, steps: list[str])
     return out
 
 
-def test_likelihood_head_equals_the_causal_lm_by_hand(base):
-    prm = likelihood_prm(base)
-    questions, solutions = arith_solutions(8, seed=4)
-    scores = prm.score(questions, solutions, batch_size=3)
-    diffs = [
+def diffs_from_reference(base, prm: PRM, questions, solutions, scores) -> list[float]:
+    """|PRM value - by-hand value| for every step of every solution."""
+    return [
         abs(a - b)
         for q, steps, row in zip(questions, solutions, scores, strict=True)
         for a, b in zip(row, reference_likelihood_values(base, prm, q, steps), strict=True)
     ]
+
+
+def test_likelihood_head_equals_the_causal_lm_by_hand(base):
+    prm = likelihood_prm(base)
+    questions, solutions = arith_solutions(8, seed=4)
+    scores = prm.score(questions, solutions, batch_size=3)
+    diffs = diffs_from_reference(base, prm, questions, solutions, scores)
     assert len(diffs) > 8 and max(diffs) < 1e-5
     # It is not the linear head: the floor lowers every value.
     linear = prm_from_base(base).score(questions, solutions, batch_size=3)
@@ -364,10 +369,6 @@ def test_the_policy_likelihood_baseline_is_the_floor_alone(base):
     )
     questions, solutions = arith_solutions(6, seed=7)
     scores = prm.score(questions, solutions, batch_size=4)
-    diffs = [
-        abs(a - b)
-        for q, steps, row in zip(questions, solutions, scores, strict=True)
-        for a, b in zip(row, reference_likelihood_values(base, prm, q, steps), strict=True)
-    ]
+    diffs = diffs_from_reference(base, prm, questions, solutions, scores)
     assert len(diffs) > 6 and max(diffs) < 1e-5
     assert all(v <= 0.5 + 1e-6 for row in scores for v in row)  # sigmoid of a log-probability
