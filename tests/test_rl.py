@@ -38,6 +38,10 @@ def state_dict(path: Path) -> dict:
 
 
 def differs(a: dict, b: dict) -> bool:
+    """Trained further: same keys, every weight finite, and some weight changed (NaN != NaN
+    would otherwise count as a change)."""
+    assert a.keys() == b.keys()
+    assert all(bool(v.isfinite().all()) for v in b.values())
     return any(not (a[k] == b[k]).all() for k in a)
 
 
