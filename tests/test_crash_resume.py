@@ -94,9 +94,10 @@ def weight_gap(run: Path, other: Path) -> float:
 
 def killed_at_a_checkpoint_then_resumed(
     stage: str, args: tuple, checkpoints: list[int], max_delay: float, tmp_path: Path
-) -> tuple[Path, str]:
+) -> tuple[Path, str, int]:
     """Run `stage` to completion in tmp_path/ref and, beside it, once killed at a random
-    point after one of `checkpoints` and resumed in tmp_path/crashed; (crashed, the draw)."""
+    point after one of `checkpoints` and resumed in tmp_path/crashed; (crashed, the draw,
+    the checkpoint it was killed after)."""
     draw = random.Random()
     after, delay = draw.choice(checkpoints), draw.uniform(0.0, max_delay)
     what = f"{stage} killed {delay:.2f} s after checkpoint-{after}"
@@ -108,18 +109,20 @@ def killed_at_a_checkpoint_then_resumed(
     assert read_manifest(crashed)["status"] == "running", what
     finish(tdrm(stage, *args, "--out", crashed, "--resume"))
     finish(reference)
-    return crashed, what
+    return crashed, what, after
 
 
 def test_train_prm_killed_then_resumed_matches(tiny_collect, tmp_path):
     args = ("--data", tiny_collect, "--max-steps", "40", "--save-steps", "4", "--batch-size", "4",
             "--logging-steps", "1", "--report-to", "none", "--seed", "4")  # fmt: skip
-    crashed, what = killed_at_a_checkpoint_then_resumed(
+    crashed, what, after = killed_at_a_checkpoint_then_resumed(
         "train-prm", args, [4, 8, 12], 0.3, tmp_path
     )
     got = json.loads((crashed / "metrics.json").read_text())
     want = json.loads((tmp_path / "ref" / "metrics.json").read_text())
     assert got["train_steps"] == want["train_steps"] == 40, what
+    # the resume ran only the steps after a checkpoint at or past the kill point
+    assert want["steps_run"] == 40 and 0 < got["steps_run"] <= 40 - after, (what, got)
     for key in ("step_auroc", "outcome_auroc", "td_error"):
         if isinstance(want.get(key), float):
             assert abs(got[key] - want[key]) < 1e-3, (what, key, got[key], want[key])
@@ -171,9 +174,12 @@ def test_rl_killed_then_resumed_matches(tiny_policy, tmp_path):
             "--num-generations", "2", "--max-steps", "12", "--max-completion-length", "16",
             "--save-steps", "2", "--eval-problems", "2", "--eval-every", "2",
             "--report-to", "none", "--seed", "3")  # fmt: skip
-    crashed, what = killed_at_a_checkpoint_then_resumed("rl", args, [2, 4, 6], 0.3, tmp_path)
+    crashed, what, after = killed_at_a_checkpoint_then_resumed(
+        "rl", args, [2, 4, 6], 0.3, tmp_path
+    )
     got, want = (read_manifest(p)["metrics"] for p in (crashed, tmp_path / "ref"))
     assert got["train_steps"] == want["train_steps"] == 12, what
+    assert want["steps_run"] == 12 and 0 < got["steps_run"] <= 12 - after, (what, got)
     assert got["pass@1"] == want["pass@1"], what
     worst = weight_gap(crashed, tmp_path / "ref")
     assert worst < 1e-4, (what, worst)

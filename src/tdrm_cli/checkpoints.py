@@ -64,6 +64,24 @@ class NoFinalCheckpoint(TrainerCallback):
         return control
 
 
+class StepCounter(TrainerCallback):
+    """Counts the optimizer steps this process ran: after `--resume`, only the remaining
+    ones (recorded as `steps_run`, so a resume that silently restarted would show)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+        return control
+
+
+def steps_run(trainer: Any) -> int | None:
+    """The `StepCounter` count of a Trainer built with one (None without)."""
+    counters = [c for c in trainer.callback_handler.callbacks if isinstance(c, StepCounter)]
+    return counters[0].steps if counters else None
+
+
 class StopOnNonFinite(TrainerCallback):
     """Stop training at the first logged non-finite loss (`check_finite` then fails the run)."""
 

@@ -36,7 +36,14 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tdrm_cli.checkpoints import NoFinalCheckpoint, StopOnNonFinite, check_finite, last_checkpoint
+from tdrm_cli.checkpoints import (
+    NoFinalCheckpoint,
+    StepCounter,
+    StopOnNonFinite,
+    check_finite,
+    last_checkpoint,
+    steps_run,
+)
 from tdrm_cli.config import RLConfig
 from tdrm_cli.console import console, log
 from tdrm_cli.errors import UsageError, first_line
@@ -490,7 +497,7 @@ def run(cfg: RLConfig) -> Path:
             args=args,
             train_dataset=dataset,
             processing_class=tokenizer,
-            callbacks=[*callbacks, NoFinalCheckpoint(), StopOnNonFinite()],
+            callbacks=[*callbacks, NoFinalCheckpoint(), StopOnNonFinite(), StepCounter()],
         )
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         trainer.accelerator.wait_for_everyone()  # no rank may still write a checkpoint when rank 0 cleans up
@@ -537,6 +544,7 @@ def finish(cfg: RLConfig, run: Run, trainer, result, curve: AccuracyCurve | None
     metrics: dict[str, Any] = {
         "reward": cfg.reward,
         "train_steps": int(result.global_step),
+        "steps_run": steps_run(trainer),
         "problems_seen": round(result.global_step * problems_per_step(trainer.args)),
         "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 1),
         "world_size": world_size(),

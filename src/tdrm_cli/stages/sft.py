@@ -180,6 +180,8 @@ def attempt_seed(seed: int, attempt: int) -> int:
 def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
     """Train (with `--restarts`, again from fresh weights while `--stop-at-pass1` is not
     reached), save the policy, record what happened in the manifest metrics."""
+    from tdrm_cli.checkpoints import steps_run
+
     ckpt_dir = run.path / "checkpoints"
     first = 0
     if cfg.resume and (ckpt_dir / ATTEMPT_FILE).is_file():
@@ -205,6 +207,7 @@ def train(cfg: SFTConfig, run: Run, task: Task) -> Path:
     metrics = run.manifest["metrics"]
     metrics["train_loss"] = round(float(result.training_loss), 4)
     metrics["train_steps"] = int(result.global_step)
+    metrics["steps_run"] = steps_run(trainer)
     if stopper is not None:
         metrics["stopped_at_pass1"] = (
             None if stopper.reached is None else round(stopper.reached[1], 4)
@@ -225,6 +228,7 @@ def train_once(cfg: SFTConfig, run: Run, task: Task, seed: int, resume: bool):
 
     from tdrm_cli.checkpoints import (
         NoFinalCheckpoint,
+        StepCounter,
         StopOnNonFinite,
         check_finite,
         last_checkpoint,
@@ -244,7 +248,7 @@ def train_once(cfg: SFTConfig, run: Run, task: Task, seed: int, resume: bool):
         "train", cfg.train_problems + (cfg.check_problems if cfg.stop_at_pass1 else 0)
     )
     dataset = SFTDataset(task, problems[: cfg.train_problems], tokenizer)
-    callbacks = [NoFinalCheckpoint(), StopOnNonFinite()]
+    callbacks = [NoFinalCheckpoint(), StopOnNonFinite(), StepCounter()]
     stopper = None
     if cfg.stop_at_pass1 is not None:
         stopper = stop_at_pass1(

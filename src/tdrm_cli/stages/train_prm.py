@@ -321,9 +321,11 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
 
     from tdrm_cli.checkpoints import (
         NoFinalCheckpoint,
+        StepCounter,
         StopOnNonFinite,
         check_finite,
         last_checkpoint,
+        steps_run,
     )
 
     set_seed(cfg.seed)  # the new head's initialisation
@@ -360,7 +362,7 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
         train_dataset=items,
         data_collator=StepCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[*callbacks, NoFinalCheckpoint(), StopOnNonFinite()],
+        callbacks=[*callbacks, NoFinalCheckpoint(), StopOnNonFinite(), StepCounter()],
         targets=Targets.from_config(cfg),
         target_refresh=cfg.target_refresh,
         head=cfg.head,
@@ -375,6 +377,7 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
     stats = {
         "train_loss": round(float(result.training_loss), 6),
         "train_steps": int(result.global_step),
+        "steps_run": steps_run(trainer),
         "train_rows": len(items),
         "train_problems": int(frame["problem_id"].nunique()),
         "world_size": world_size(),
