@@ -279,3 +279,54 @@ def test_bad_input_is_one_line_exit_2(tiny_policy, tmp_path):
         assert result.exit_code == 2, result.output
         assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(line)
         assert not out.exists()
+
+
+class ExactMCPolicy:
+    """A scripted policy with known Monte-Carlo labels: its first samples are always right;
+    of the K continuations of a prefix of t steps, exactly j = t mod (K + 1) reach the gold
+    answer (the first j; the others end one too high)."""
+
+    tokenizer = None
+
+    def __init__(self, model_path, **kwargs):
+        pass
+
+    def generate(self, prompts, sampling, on_batch=None):
+        out = []
+        for prompt in prompts:
+            question, *prefix = [s for s in prompt.split("\n\n") if s]
+            numbers = [int(x) for x in re.findall(r"[+-]?\d+", question)]
+            value = int(prefix[-1].split("=")[-1]) if prefix else numbers[0]
+            right = len(prefix) % (sampling.n + 1) if prefix else sampling.n
+            samples = []
+            for i in range(sampling.n):
+                steps, v = [], value
+                for b in numbers[1 + len(prefix) :]:
+                    steps.append(f"{v}{'+' if b >= 0 else '-'}{abs(b)}={v + b}")
+                    v += b
+                text = "\n\n".join([*steps, f"answer {v if i < right else v + 1}"])
+                samples.append(Completion(text, len(text), True))
+            out.append(samples)
+        if on_batch:
+            on_batch(len(prompts) * sampling.n, sum(c.num_tokens for s in out for c in s))
+        return out
+
+
+def test_mc_labels_are_exactly_the_share_of_winning_continuations(
+    tiny_policy, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(generation.BACKENDS, "hf", ExactMCPolicy)
+    k = 3
+    out = tmp_path / "exact"
+    args = ["--problems", "6", "--n", "2", "--mc-rollouts", str(k), "--shard-size", "4"]
+    result = invoke(
+        "collect", "--policy", tiny_policy, "--task", "arith:ops=5", "--out", out, *args
+    )
+    assert result.exit_code == 0, result.output
+    df = read_rollouts(out)
+    assert len(df) == 12 and df.correct.all()
+    for row in df.itertuples():
+        steps = len(row.steps)
+        assert steps == 6  # five operations and the answer
+        expected = [(t % (k + 1)) / k for t in range(1, steps)] + [1.0]
+        assert list(row.step_labels) == expected, (list(row.step_labels), expected)

@@ -174,9 +174,7 @@ def test_rl_killed_then_resumed_matches(tiny_policy, tmp_path):
             "--num-generations", "2", "--max-steps", "12", "--max-completion-length", "16",
             "--save-steps", "2", "--eval-problems", "2", "--eval-every", "2",
             "--report-to", "none", "--seed", "3")  # fmt: skip
-    crashed, what, after = killed_at_a_checkpoint_then_resumed(
-        "rl", args, [2, 4, 6], 0.3, tmp_path
-    )
+    crashed, what, after = killed_at_a_checkpoint_then_resumed("rl", args, [2, 4, 6], 0.3, tmp_path)
     got, want = (read_manifest(p)["metrics"] for p in (crashed, tmp_path / "ref"))
     assert got["train_steps"] == want["train_steps"] == 12, what
     assert want["steps_run"] == 12 and 0 < got["steps_run"] <= 12 - after, (what, got)
