@@ -148,3 +148,33 @@ def test_online_update_pulls_step_values_toward_the_verdicts(tmp_path):
     assert mean_value(1.0) > 0.75  # every step's TD(lambda) target is 1 when all rollouts succeed
     assert mean_value(0.0) < 0.35  # ... and toward 0 when they all fail
     assert not prm.model.training  # back to scoring mode
+
+
+def test_online_update_ranks_verified_rollouts_above_failed_ones(tiny_policy):
+    """Mixed verdicts in one buffer: the same questions, answered with a number (verified)
+    or with 'x' (failed). The failed answer is easy to tell apart on purpose: this checks
+    that the update follows each rollout's own verdict (a constant or verdict-blind update
+    pulls both to the same value), not that a tiny backbone can verify arithmetic."""
+    from test_prm import prm_from_base
+
+    prm = prm_from_base(tiny_policy / "model")
+    problems = TASK.problems("train", 8)
+    right = [TASK.reference_steps(p) for p in problems]
+    wrong = [[*s[:-1], "answer x"] for s in right]
+    questions = [p.question for p in problems]
+    learner = OnlinePRMUpdate(
+        prm, every=1, learning_rate=3e-3, batch_size=4, td_lambda=0.8, gamma=1.0
+    )
+    learner.observe(questions * 2, ["\n\n".join(s) for s in right + wrong], [1.0] * 8 + [0.0] * 8)
+    rollouts, learner.buffer = learner.buffer, []
+
+    def gaps() -> list[float]:
+        values = prm.score(questions * 2, right + wrong)
+        return [a[-1] - b[-1] for a, b in zip(values[:8], values[8:], strict=True)]
+
+    before = gaps()
+    for seed in range(12):
+        learner.update(rollouts, seed)
+    after = gaps()
+    assert all(g > 0 for g in after), after  # every verified solution above its failed twin
+    assert sum(after) / len(after) > 0.1 > max(abs(b) for b in before), (after, before)
