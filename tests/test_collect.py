@@ -169,18 +169,22 @@ class ScriptedArithPolicy:
             numbers = [int(x) for x in re.findall(r"[+-]?\d+", question)]
             value = int(prefix[-1].split("=")[-1]) if prefix else numbers[0]
             samples = []
-            for _ in range(sampling.n):
-                steps, v = [], value
-                for b in numbers[1 + len(prefix) :]:
-                    new = v + b + (rng.random() < self.slip)
-                    steps.append(f"{v}{'+' if b >= 0 else '-'}{abs(b)}={new}")
-                    v = new
-                text = "\n\n".join([*steps, f"answer {v}"])
+            for i in range(sampling.n):
+                text = self.sample(i, value, numbers[1 + len(prefix) :], prefix, sampling, rng)
                 samples.append(Completion(text, len(text), True))
             out.append(samples)
         if on_batch:
             on_batch(len(prompts) * sampling.n, sum(c.num_tokens for s in out for c in s))
         return out
+
+    def sample(self, i, value, operands, prefix, sampling, rng) -> str:
+        """Sample `i` of a prefix that stands at `value` with `operands` still to apply."""
+        steps, v = [], value
+        for b in operands:
+            new = v + b + (rng.random() < self.slip)
+            steps.append(f"{v}{'+' if b >= 0 else '-'}{abs(b)}={new}")
+            v = new
+        return "\n\n".join([*steps, f"answer {v}"])
 
 
 def test_mc_labels_agree_with_step_truth(tiny_policy, tmp_path, monkeypatch):
@@ -281,35 +285,18 @@ def test_bad_input_is_one_line_exit_2(tiny_policy, tmp_path):
         assert not out.exists()
 
 
-class ExactMCPolicy:
+class ExactMCPolicy(ScriptedArithPolicy):
     """A scripted policy with known Monte-Carlo labels: its first samples are always right;
     of the K continuations of a prefix of t steps, exactly j = t mod (K + 1) reach the gold
     answer (the first j; the others end one too high)."""
 
-    tokenizer = None
+    slip = 0.0
 
-    def __init__(self, model_path, **kwargs):
-        pass
-
-    def generate(self, prompts, sampling, on_batch=None):
-        out = []
-        for prompt in prompts:
-            question, *prefix = [s for s in prompt.split("\n\n") if s]
-            numbers = [int(x) for x in re.findall(r"[+-]?\d+", question)]
-            value = int(prefix[-1].split("=")[-1]) if prefix else numbers[0]
-            right = len(prefix) % (sampling.n + 1) if prefix else sampling.n
-            samples = []
-            for i in range(sampling.n):
-                steps, v = [], value
-                for b in numbers[1 + len(prefix) :]:
-                    steps.append(f"{v}{'+' if b >= 0 else '-'}{abs(b)}={v + b}")
-                    v += b
-                text = "\n\n".join([*steps, f"answer {v if i < right else v + 1}"])
-                samples.append(Completion(text, len(text), True))
-            out.append(samples)
-        if on_batch:
-            on_batch(len(prompts) * sampling.n, sum(c.num_tokens for s in out for c in s))
-        return out
+    def sample(self, i, value, operands, prefix, sampling, rng) -> str:
+        right = len(prefix) % (sampling.n + 1) if prefix else sampling.n
+        *steps, answer = super().sample(i, value, operands, prefix, sampling, rng).split("\n\n")
+        v = int(answer.split()[-1])
+        return "\n\n".join([*steps, f"answer {v if i < right else v + 1}"])
 
 
 def test_mc_labels_are_exactly_the_share_of_winning_continuations(
