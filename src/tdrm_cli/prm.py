@@ -105,7 +105,6 @@ def pad_batch(rows: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     step_index = torch.zeros((len(rows), steps), dtype=torch.long)
     step_mask = torch.zeros((len(rows), steps), dtype=torch.bool)
-    prompt_len = torch.tensor([r.prompt_len for r in rows], dtype=torch.long)
     text_mask = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, r in enumerate(rows):
         input_ids[i, : len(r.ids)] = torch.tensor(r.ids)
@@ -120,7 +119,6 @@ def pad_batch(rows: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
         "attention_mask": attention_mask,
         "step_index": step_index,
         "step_mask": step_mask,
-        "prompt_len": prompt_len,
         "text_mask": text_mask,
     }
 
@@ -300,7 +298,9 @@ class PRM:
         self.max_tokens: int | None = getattr(model.config, "max_position_embeddings", None)
         self._prompts: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._chars_per_token: int | None = None
-        self._separator_tokens: int | None = None
+        self._separator_tokens = len(
+            tokenizer(self.separator, add_special_tokens=False)["input_ids"]
+        )
 
     @property
     def device(self):
@@ -322,10 +322,6 @@ class PRM:
     def encode(self, question: str, steps: Sequence[str]) -> Encoded:
         prompt, prompt_len = self._prompt(question)
         ids, ends = encode_pieces(self.tokenizer, prompt, list(steps), self.separator)
-        if self._separator_tokens is None:
-            self._separator_tokens = len(
-                self.tokenizer(self.separator, add_special_tokens=False)["input_ids"]
-            )
         if self.max_tokens is not None and len(ids) > self.max_tokens:
             raise TooLong(
                 f"a solution of {len(ids)} tokens (prompt and steps) is over the PRM's limit "
