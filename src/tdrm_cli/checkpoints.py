@@ -92,12 +92,13 @@ class StopOnNonFinite(TrainerCallback):
         return control
 
 
-def check_finite(model: Any, loss: float, stage: str) -> None:
-    """A one-line `Diverged` error when the training loss or any weight is not finite."""
+def check_finite(model: Any, loss: float | None, stage: str) -> None:
+    """A one-line `Diverged` error when the training loss (if given) or any weight is not
+    finite."""
     from tdrm_cli.prm import nonfinite_weight
 
     hint = "(try a lower --learning-rate)"
-    if not math.isfinite(loss):
+    if loss is not None and not math.isfinite(loss):
         raise Diverged(f"{stage}: training diverged: the training loss is {loss} {hint}")
     name = nonfinite_weight(model)
     if name is not None:

@@ -158,6 +158,7 @@ class HFBackend:
         self.device = device
         self.batch_size = batch_size
         self.stop_ids = self._stop_ids()
+        self.context: int | None = getattr(model.config, "max_position_embeddings", None)
 
     def _stop_ids(self) -> list[int]:
         """The tokenizer's EOS plus the model's own (chat models often end turns with another id)."""
@@ -193,11 +194,10 @@ class HFBackend:
         for start in range(0, len(flat), self.batch_size):
             batch = flat[start : start + self.batch_size]
             enc = self._encode(batch)
-            context = getattr(self.model.config, "max_position_embeddings", None)
-            if context and enc["input_ids"].shape[1] > context:
+            if self.context and enc["input_ids"].shape[1] > self.context:
                 raise UsageError(
                     f"a prompt of {enc['input_ids'].shape[1]} tokens is longer than the "
-                    f"policy's context of {context} tokens (shorten the problem text)"
+                    f"policy's context of {self.context} tokens (shorten the problem text)"
                 )
             torch.manual_seed(sampling.seed * 1_000_003 + start)
             with torch.inference_mode():

@@ -143,7 +143,7 @@ def paired_table(paired: list[dict]) -> str:
             p["name"],
             f"{p['minus_majority']:+.3f}",
             f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]",
-            _reading(p["minus_majority"], *p["ci95"], "PRM better", "majority better"),
+            _reading(*p["ci95"], "PRM better", "majority better"),
         ]
         for p in paired
     ]
@@ -225,7 +225,7 @@ def matched_budget_section(search_dirs: list[str], bon_dirs: list[str], policy: 
                 "PRM-weighted@N",
             ],
             rows,
-        )  # fmt: skip
+        )
         + "\n\n"
         + alone
     )
@@ -510,7 +510,8 @@ def prm_cost_section(cfg, quality: dict) -> str:
     )
 
 
-def _reading(diff: float, low: float, high: float, better: str, worse: str) -> str:
+def _reading(low: float, high: float, better: str, worse: str) -> str:
+    """The direction a 95% interval shows: `better` above zero, `worse` below, else noise."""
     return better if low > 0 else worse if high < 0 else "within noise"
 
 
@@ -528,7 +529,7 @@ def paper_directions(cfg, results: dict) -> str:
     rows: list[list] = []
 
     def add(claim: str, diff: float, low: float, high: float, how: str) -> None:
-        verdict = _reading(diff, low, high, "holds", "does not hold")
+        verdict = _reading(low, high, "holds", "does not hold")
         rows.append([claim, f"{diff:+.3f}", f"[{low:+.3f}, {high:+.3f}]", how, verdict])
 
     td, mc = "prm-td", "prm-mc"

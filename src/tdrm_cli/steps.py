@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tdrm_cli.errors import UsageError, first_line
+from tdrm_cli.errors import JSON_ERRORS, UsageError, first_line
 
 DEFAULT_SEPARATOR = "\n\n"
 PLAIN_TEMPLATE = "Question: {question}\nAnswer:\n\n"
@@ -33,8 +33,7 @@ def read_json_object(path: Path, what: str = "") -> dict[str, Any]:
     where = f"{path} ({what})" if what else str(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        # ValueError covers JSONDecodeError and integers past Python's digit limit
+    except (OSError, *JSON_ERRORS) as e:  # UnicodeDecodeError is a ValueError too
         raise UsageError(f"{where}: not valid JSON ({first_line(e)})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{where}: expected a JSON object, got {type(data).__name__}")

@@ -250,7 +250,7 @@ def likelihood_baseline(cfg: EvalConfig, model_path: str):
     """The policy's own likelihood as an untrained PRM (`prm.policy_likelihood_prm`), or None."""
     from tdrm_cli.prm import policy_likelihood_prm
 
-    if not cfg.policy_likelihood or cfg.policy is None or not Path(model_path).is_dir():
+    if not cfg.policy_likelihood or not Path(model_path).is_dir():
         return None
     prm = policy_likelihood_prm(model_path, cfg.trust_remote_code, cfg.allow_pickle)
     if prm is None:

@@ -503,7 +503,7 @@ def run(cfg: RLConfig) -> Path:
         trainer.accelerator.wait_for_everyone()  # no rank may still write a checkpoint when rank 0 cleans up
         check_finite(trainer.accelerator.unwrap_model(trainer.model), result.training_loss, "rl")
         if learner is not None:
-            check_finite(learner.prm.model, 0.0, "rl (online PRM)")
+            check_finite(learner.prm.model, None, "rl (online PRM)")
         if rank() == 0:
             save_policy(trainer, tokenizer, policy_dir, run.path / "model")
             finish(cfg, run, trainer, result, curve, learner)
