@@ -212,8 +212,8 @@ def matched_budget_section(search_dirs: list[str], bon_dirs: list[str], policy: 
         "### Search against sampling at the same token budget\n\n"
         f"Best-of-N from `{bon_dir}` at the largest N whose candidates (mean "
         f"{per_sample:.1f} generated tokens each) cost no more than the search did per "
-        "problem (none: not even one fits). Each on its own problems (the first ones of "
-        "the same split), so the two columns are not paired.\n\n"
+        "problem (a blank N: not even one candidate fits). Each on its own problems (the "
+        "first ones of the same split), so the two columns are not paired.\n\n"
         + md_table(
             [
                 "method",
