@@ -33,8 +33,16 @@ from tdrm_cli.runs import (
     resolve_model,
     run_stage,
 )
-from tdrm_cli.steps import DEFAULT_SEPARATOR, build_prompt, read_policy_meta, split_steps
-from tdrm_cli.tasks import grade, load_task
+from tdrm_cli.solutions import (
+    parquet_bytes,
+    records_table,
+    rollouts_table,
+    row_problem,
+    sample_graded,
+    separator_of,
+)
+from tdrm_cli.steps import build_prompt, read_policy_meta
+from tdrm_cli.tasks import load_task
 
 SCORES = "scores.parquet"
 RESULTS = "results.json"
@@ -63,34 +71,13 @@ def load_prms(cfg: BonConfig) -> list[PRM]:
 SAMPLE_COLUMNS = ("problem_id", "prompt", "gold", "sample_idx", "steps", "answer", "correct")
 
 
-def _sample_problem(row: dict[str, Any]) -> str | None:
-    """What makes one rollouts.parquet row unusable as a candidate, as "field 'F' ...", or None."""
-    for key in ("problem_id", "prompt", "gold"):
-        if not isinstance(row[key], str):
-            return f"field '{key}' is {row[key]!r}, expected text"
-    if isinstance(row["sample_idx"], bool) or not isinstance(row["sample_idx"], int):
-        return f"field 'sample_idx' is {row['sample_idx']!r}, expected an integer"
-    steps = row["steps"]
-    if steps is not None and (
-        not isinstance(steps, list) or not all(isinstance(s, str) for s in steps)
-    ):
-        return "field 'steps' is not a list of strings"
-    if row["answer"] is not None and not isinstance(row["answer"], str):
-        return f"field 'answer' is {row['answer']!r}, expected text or null"
-    if row["correct"] not in (0, 1):
-        return f"field 'correct' is {row['correct']!r}, expected 0 or 1"
-    return None
-
-
 def read_samples(cfg: BonConfig) -> list[dict[str, Any]]:
     """The first `--problems` problems of a collect run, `--n` rollouts each (by sample_idx)."""
-    from tdrm_cli.stages.collect import rollouts_table
-
     path, table = rollouts_table(cfg.samples, "samples", SAMPLE_COLUMNS)
     groups: dict[str, list[dict[str, Any]]] = {}
     # pyarrow keeps a missing answer None (pandas makes it NaN)
     for i, row in enumerate(table.select(list(SAMPLE_COLUMNS)).to_pylist()):
-        problem = _sample_problem(row)
+        problem = row_problem(row)
         if problem:
             raise UsageError(f"{path}: row {i} (problem {row['problem_id']}): {problem}")
         groups.setdefault(row["problem_id"], []).append(row)
@@ -102,22 +89,17 @@ def read_samples(cfg: BonConfig) -> list[dict[str, Any]]:
             )
     if len(groups) < cfg.problems:
         log(f"--samples {cfg.samples}: holds {len(groups)} problems, using all of them")
-    rows = []
-    for _, group in chosen:
-        for r in sorted(group, key=lambda r: r["sample_idx"])[: cfg.n]:
-            rows.append(
-                {
-                    "problem_id": r["problem_id"],
-                    "prompt": r["prompt"],
-                    "gold": r["gold"],
-                    "sample_idx": int(r["sample_idx"]),
-                    "steps": [str(s) for s in r["steps"] or []],
-                    "answer": r["answer"],
-                    "correct": int(r["correct"]),
-                    "num_tokens": None,
-                }
-            )
-    return rows
+    return [
+        {
+            **r,
+            "sample_idx": int(r["sample_idx"]),
+            "steps": [str(s) for s in r["steps"] or []],
+            "correct": int(r["correct"]),
+            "num_tokens": None,
+        }
+        for _, group in chosen
+        for r in sorted(group, key=lambda r: r["sample_idx"])[: cfg.n]
+    ]
 
 
 def sample_candidates(cfg: BonConfig, model_path: str) -> tuple[list[dict[str, Any]], int]:
@@ -132,7 +114,6 @@ def sample_candidates(cfg: BonConfig, model_path: str) -> tuple[list[dict[str, A
         allow_pickle=cfg.allow_pickle,
     )
     meta = read_policy_meta(model_path)
-    separator = meta.get("separator", DEFAULT_SEPARATOR)
     prompts = [build_prompt(backend.tokenizer, p.question, meta) for p in problems]
     sampling = Sampling(
         n=cfg.n,
@@ -150,24 +131,10 @@ def sample_candidates(cfg: BonConfig, model_path: str) -> tuple[list[dict[str, A
             tokens += generated
             bar.update(job, advance=sequences)
 
-        completions = backend.generate(prompts, sampling, on_batch=on_batch)
-    rows = []
-    for problem, samples in zip(problems, completions, strict=True):
-        for k, completion in enumerate(samples):
-            steps = split_steps(completion.text, separator)
-            answer, correct = grade(task, problem, steps)
-            rows.append(
-                {
-                    "problem_id": problem.id,
-                    "prompt": problem.question,
-                    "gold": problem.gold,
-                    "sample_idx": k,
-                    "steps": steps,
-                    "answer": answer,
-                    "correct": correct,
-                    "num_tokens": completion.num_tokens,
-                }
-            )
+        groups = sample_graded(
+            backend, task, problems, prompts, sampling, separator_of(meta), on_batch=on_batch
+        )
+    rows = [row for group in groups for row in group]
     return rows, tokens
 
 
@@ -279,21 +246,9 @@ def against_majority(
 
 def write_scores(path: Path, rows: list[dict[str, Any]], labels: list[str]) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    fields = [
-        ("problem_id", pa.string()),
-        ("prompt", pa.string()),
-        ("gold", pa.string()),
-        ("sample_idx", pa.int64()),
-        ("steps", pa.list_(pa.string())),
-        ("answer", pa.string()),
-        ("correct", pa.int64()),
-        ("num_tokens", pa.int64()),
-    ] + [(f"scores_{label}", pa.list_(pa.float64())) for label in labels]
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(fields)), sink)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    scores = [(f"scores_{label}", pa.list_(pa.float64())) for label in labels]
+    atomic_write_bytes(path, parquet_bytes(records_table(rows, COLUMNS, scores)))
 
 
 def print_table(results: list[dict[str, Any]], problems: int, n_max: int) -> None:

@@ -39,12 +39,19 @@ from tdrm_cli.runs import (
     atomic_write_json,
     is_run_dir,
     manifest_sha256,
-    require_complete,
     resolve_model,
     run_stage,
 )
+from tdrm_cli.solutions import ROLLOUT_COLUMNS as COLUMNS
+from tdrm_cli.solutions import (
+    ROLLOUTS,
+    parquet_bytes,
+    records_table,
+    sample_graded,
+    schema,
+    separator_of,
+)
 from tdrm_cli.steps import (
-    DEFAULT_SEPARATOR,
     build_prompt,
     join_steps,
     prompt_format,
@@ -53,19 +60,6 @@ from tdrm_cli.steps import (
 )
 from tdrm_cli.tasks import Problem, Task, grade, load_task
 
-COLUMNS = (
-    "problem_id",
-    "prompt",
-    "gold",
-    "steps",
-    "answer",
-    "correct",
-    "step_labels",
-    "step_truth",
-    "policy",
-    "sample_idx",
-)
-ROLLOUTS = "rollouts.parquet"
 SHARDS = "shards"
 PLAN = "plan.json"
 # Settings that change what a shard contains; a resumed run must match them exactly.
@@ -85,25 +79,6 @@ PLAN_KEYS = (
 )
 
 
-def rollout_schema():
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("problem_id", pa.string()),
-            ("prompt", pa.string()),
-            ("gold", pa.string()),
-            ("steps", pa.list_(pa.string())),
-            ("answer", pa.string()),
-            ("correct", pa.int64()),
-            ("step_labels", pa.list_(pa.float64())),
-            ("step_truth", pa.list_(pa.int64())),
-            ("policy", pa.string()),
-            ("sample_idx", pa.int64()),
-        ]
-    )
-
-
 def read_rollouts(path: str | Path):
     """`rollouts.parquet` (or a collect run folder) as a DataFrame whose list cells are Python lists."""
     import pandas as pd
@@ -112,28 +87,6 @@ def read_rollouts(path: str | Path):
     path = Path(path)
     table = pq.read_table(path / ROLLOUTS if path.is_dir() else path)
     return pd.DataFrame(table.to_pydict(), columns=list(COLUMNS))
-
-
-def rollouts_table(run: str | Path, role: str, columns: tuple[str, ...]):
-    """(path, pyarrow Table) of the `rollouts.parquet` of a complete collect run given as `--role`.
-
-    An incomplete run, a missing or damaged file, or a missing one of `columns` is a
-    one-line UsageError naming the file.
-    """
-    import pyarrow.parquet as pq
-
-    require_complete(run, role, "collect")
-    path = Path(run) / ROLLOUTS
-    if not path.is_file():
-        raise UsageError(f"--{role} {run}: no {ROLLOUTS}")
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several unrelated types for a damaged file
-        raise UsageError(f"{path}: unreadable parquet ({type(e).__name__})") from None
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise UsageError(f"{path}: missing column(s) {', '.join(missing)}")
-    return path, table
 
 
 @dataclass
@@ -159,7 +112,7 @@ def load_policy(cfg: CollectConfig, model_path: str) -> Policy:
     return Policy(
         backend,
         meta,
-        meta.get("separator", DEFAULT_SEPARATOR),
+        separator_of(meta),
         prompt_format(backend.tokenizer, meta),
     )
 
@@ -207,25 +160,6 @@ class Meter:
 
 
 # ---------------------------------------------------------------- one shard
-
-
-def solution_row(
-    problem: Problem, sample_idx: int, text: str, task: Task, policy: Policy, cfg: CollectConfig
-) -> dict:
-    steps = split_steps(text, policy.separator)
-    answer, correct = grade(task, problem, steps)
-    return {
-        "problem_id": problem.id,
-        "prompt": problem.question,
-        "gold": problem.gold,
-        "steps": steps,
-        "answer": answer,
-        "correct": correct,
-        "step_labels": None,
-        "step_truth": task.step_truth(problem, steps),
-        "policy": cfg.policy,
-        "sample_idx": sample_idx,
-    }
 
 
 def add_mc_labels(
@@ -290,14 +224,16 @@ def collect_shard(
         max_new_tokens=cfg.max_new_tokens,
         seed=shard_seed(cfg.seed, index, "samples"),
     )
-    completions = policy.backend.generate(
-        [prompts[p.id] for p in problems], sampling, on_batch=meter.on_batch
+    groups = sample_graded(
+        policy.backend,
+        task,
+        problems,
+        [prompts[p.id] for p in problems],
+        sampling,
+        policy.separator,
+        on_batch=meter.on_batch,
     )
-    rows = [
-        solution_row(problem, sample_idx, completion.text, task, policy, cfg)
-        for problem, samples in zip(problems, completions, strict=True)
-        for sample_idx, completion in enumerate(samples)
-    ]
+    rows = [{**row, "step_labels": None, "policy": cfg.policy} for group in groups for row in group]
     if cfg.mc_rollouts:
         seed = shard_seed(cfg.seed, index, "mc")
         add_mc_labels(
@@ -315,18 +251,8 @@ def collect_shard(
 
 
 def write_shard(path: Path, rows: list[dict]) -> None:
-    import pyarrow as pa
 
-    atomic_write_bytes(path, parquet_bytes(pa.Table.from_pylist(rows, schema=rollout_schema())))
-
-
-def parquet_bytes(table) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
+    atomic_write_bytes(path, parquet_bytes(records_table(rows, COLUMNS)))
 
 
 # ---------------------------------------------------------------- the run
@@ -383,7 +309,7 @@ def merge_shards(shard_dir: Path, out: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     paths = sorted(shard_dir.glob("shard-*.parquet"))
-    table = pa.concat_tables([pq.read_table(p, schema=rollout_schema()) for p in paths])
+    table = pa.concat_tables([pq.read_table(p, schema=schema(COLUMNS)) for p in paths])
     atomic_write_bytes(out, parquet_bytes(table))
     return table.to_pylist()
 

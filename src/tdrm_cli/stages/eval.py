@@ -23,7 +23,7 @@ from tdrm_cli.console import log
 from tdrm_cli.errors import JSON_ERRORS, UsageError, check_text, json_reason
 from tdrm_cli.prm import LIKELIHOOD_BASELINE
 from tdrm_cli.runs import atomic_write_json, require_complete, resolve_model, run_stage
-from tdrm_cli.tasks import grade, load_task
+from tdrm_cli.tasks import load_task
 
 RESULTS = "metrics.json"
 
@@ -34,7 +34,8 @@ RESULTS = "metrics.json"
 def sample_policy(cfg: EvalConfig, model_path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """k samples per problem (rows with steps, verdict, truth) and the policy metrics."""
     from tdrm_cli.generation import Sampling, load_backend
-    from tdrm_cli.steps import DEFAULT_SEPARATOR, build_prompt, read_policy_meta, split_steps
+    from tdrm_cli.solutions import sample_graded, separator_of
+    from tdrm_cli.steps import build_prompt, read_policy_meta
     from tdrm_cli.voting import majority
 
     task = load_task(cfg.task)
@@ -47,35 +48,32 @@ def sample_policy(cfg: EvalConfig, model_path: str) -> tuple[list[dict[str, Any]
         allow_pickle=cfg.allow_pickle,
     )
     meta = read_policy_meta(model_path)
-    separator = meta.get("separator", DEFAULT_SEPARATOR)
+    separator = separator_of(meta)
     prompts = [build_prompt(backend.tokenizer, p.question, meta) for p in problems]
     log(f"eval: greedy + {cfg.k} samples on {len(problems)} {cfg.split} problems")
-    greedy = backend.generate(
-        prompts, Sampling(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
+    greedy = sample_graded(
+        backend,
+        task,
+        problems,
+        prompts,
+        Sampling(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens),
+        separator,
     )
-    sampled = backend.generate(
+    sampled = sample_graded(
+        backend,
+        task,
+        problems,
         prompts,
         Sampling(
             n=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed
         ),
+        separator,
     )
     rows, greedy_hits, maj_hits, any_hits = [], 0, 0, 0
-    for p_index, (problem, g, samples) in enumerate(zip(problems, greedy, sampled, strict=True)):
-        greedy_hits += grade(task, problem, split_steps(g[0].text, separator))[1]
-        group = []
-        for completion in samples:
-            steps = split_steps(completion.text, separator)
-            answer, correct = grade(task, problem, steps)
-            group.append(
-                {
-                    "p_index": p_index,
-                    "question": problem.question,
-                    "steps": steps,
-                    "answer": answer,
-                    "correct": correct,
-                    "truth": task.step_truth(problem, steps),
-                }
-            )
+    for p_index, (g, group) in enumerate(zip(greedy, sampled, strict=True)):
+        greedy_hits += g[0]["correct"]
+        for row in group:
+            row["p_index"] = p_index
         choice = majority([r["answer"] for r in group])
         maj_hits += int(choice is not None and group[choice]["correct"] == 1)
         any_hits += int(any(r["correct"] for r in group))
@@ -102,28 +100,29 @@ def first_wrong(truth: list[int]) -> int:
 def prm_quality(
     prm: Any, rows: list[dict[str, Any]], fraction: float, batch_size: int
 ) -> tuple[dict, list[list[float]]]:
-    """Step metrics of one PRM on rows with `question`, `steps`, `truth` (and `correct` when known)."""
+    """Step metrics of one PRM on graded solutions: `prompt`, `steps`, `step_truth` (and
+    `correct` when known; `p_index` orders the problems for the threshold split)."""
     rows = [r for r in rows if r["steps"]]
     values = prm.score(
-        [r["question"] for r in rows], [r["steps"] for r in rows], batch_size=batch_size
+        [r["prompt"] for r in rows], [r["steps"] for r in rows], batch_size=batch_size
     )
-    tokens = [prm.encode(r["question"], r["steps"]).step_tokens for r in rows]
+    tokens = [prm.encode(r["prompt"], r["steps"]).step_tokens for r in rows]
     pairs = [
         (v, t)
         for r, vs in zip(rows, values, strict=True)
-        if r["truth"] is not None
-        for v, t in zip(vs, r["truth"], strict=False)
+        if r["step_truth"] is not None
+        for v, t in zip(vs, r["step_truth"], strict=False)
     ]
     out: dict[str, Any] = {
         "solutions": len(rows),
         "step_auroc": M.auroc([v for v, _ in pairs], [t for _, t in pairs]),
     }
-    if all(r["truth"] is not None for r in rows) and rows:
+    if all(r["step_truth"] is not None for r in rows) and rows:
         # Threshold on the first problems, scores on the rest: no peeking at the reported part.
         cut = max(r["p_index"] for r in rows) * fraction
         fit = [i for i, r in enumerate(rows) if r["p_index"] <= cut]
         rest = [i for i, r in enumerate(rows) if r["p_index"] > cut] or fit
-        gold = [first_wrong(r["truth"]) for r in rows]
+        gold = [first_wrong(r["step_truth"]) for r in rows]
         threshold = M.best_threshold([values[i] for i in fit], [gold[i] for i in fit])
         bench = M.processbench(
             [M.first_error(values[i], threshold) for i in rest], [gold[i] for i in rest]
@@ -191,7 +190,7 @@ def read_steps_file(path: str) -> list[dict[str, Any]]:
         # Steps after the first error have no label in ProcessBench: leave them out of the AUROC.
         truth = [1] * len(steps) if label < 0 else [1] * label + [0]
         rows.append(
-            {"p_index": len(rows), "question": item["problem"], "steps": steps, "truth_full": truth}
+            {"p_index": len(rows), "prompt": item["problem"], "steps": steps, "truth_full": truth}
         )
     if not rows:
         raise UsageError(f"--steps-file {path}: no rows")
@@ -202,7 +201,7 @@ def steps_file_quality(
     prm: Any, rows: list[dict[str, Any]], fraction: float, batch_size: int
 ) -> dict[str, Any]:
     values = prm.score(
-        [r["question"] for r in rows], [r["steps"] for r in rows], batch_size=batch_size
+        [r["prompt"] for r in rows], [r["steps"] for r in rows], batch_size=batch_size
     )
     pairs = [
         (v, t)
@@ -286,7 +285,7 @@ def run(cfg: EvalConfig) -> Path:
         if model_path:
             rows, results["policy"] = sample_policy(cfg, model_path)
             results["coupling"] = M.coupling(
-                [r["correct"] for r in rows], [r["truth"] for r in rows]
+                [r["correct"] for r in rows], [r["step_truth"] for r in rows]
             )
             results["prm"] = {}
             baseline = likelihood_baseline(cfg, model_path)

@@ -11,7 +11,6 @@ global `--batch-size` across ranks; only rank 0 writes the run folder.
 
 from __future__ import annotations
 
-import math
 import random
 import shutil
 from pathlib import Path
@@ -42,6 +41,7 @@ from tdrm_cli.runs import (
     resolve_model,
     world_size,
 )
+from tdrm_cli.solutions import is_list, rollouts_table, row_problem
 from tdrm_cli.steps import read_policy_meta
 
 REQUIRED_COLUMNS = ("problem_id", "prompt", "steps", "correct")
@@ -56,88 +56,10 @@ def _row_name(frame, i: int) -> str:
     return f"row {i} (problem {row['problem_id']}{sample})"
 
 
-def _is_list(value: Any) -> bool:
-    """A list cell as pandas reads it from Parquet (a numpy array), or a plain list/tuple."""
-    import numpy as np
-
-    return isinstance(value, list | tuple | np.ndarray)
-
-
-def _is_null(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _is_number(value: Any) -> bool:
-    import numpy as np
-
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool | np.bool_
-    )
-
-
-def _shown(value: Any) -> str:
-    """repr() of a cell, numpy scalars shown as the Python value they hold."""
-    return repr(value.item() if hasattr(value, "item") and not _is_list(value) else value)
-
-
-def _truth_problem(truth: Any, n_steps: int) -> str | None:
-    """What is wrong with a row's `step_truth` for --loss truth, or None: one 0/1 per step."""
-    if truth is None:
-        return "field 'step_truth' is empty, but --loss truth needs it"
-    if not _is_list(truth):
-        return f"field 'step_truth' is a {type(truth).__name__}, expected a list of 0/1"
-    if len(truth) != n_steps:
-        return f"field 'step_truth' has {len(truth)} values for {n_steps} steps"
-    for j, value in enumerate(truth):
-        if not _is_number(value) or value not in (0, 1):
-            return f"field 'step_truth' holds {_shown(value)} at step {j}, expected 0 or 1"
-    return None
-
-
-def _row_problem(
-    row: dict[str, Any], loss_needs_labels: bool, loss_needs_truth: bool = False
-) -> str | None:
-    """What is wrong with one rollout row, as "field 'F' ...", or None when it is usable."""
-    if _is_null(row["problem_id"]):
-        return "field 'problem_id' is empty"
-    if not isinstance(row["prompt"], str) or not row["prompt"].strip():
-        got = "empty" if _is_null(row["prompt"]) else f"a {type(row['prompt']).__name__}"
-        return f"field 'prompt' is {got}, expected the question text"
-    correct = row["correct"]
-    if not _is_number(correct) or correct not in (0, 1):
-        return f"field 'correct' is {_shown(correct)}, expected 0 or 1"
-    steps = row["steps"]
-    if steps is not None and (not _is_list(steps) or not all(isinstance(s, str) for s in steps)):
-        got = f"a {type(steps).__name__}" if not _is_list(steps) else "a list holding non-strings"
-        return f"field 'steps' is {got}, expected a list of strings"
-    n_steps = 0 if steps is None else len(steps)
-    if loss_needs_truth:
-        problem = _truth_problem(row.get("step_truth"), n_steps)
-        if problem:
-            return problem
-    labels = row.get("step_labels")
-    if labels is None:
-        return "field 'step_labels' is empty, but --loss mc needs it" if loss_needs_labels else None
-    if not _is_list(labels):
-        return f"field 'step_labels' is a {type(labels).__name__}, expected a list of numbers"
-    if len(labels) != n_steps:
-        return f"field 'step_labels' has {len(labels)} labels for {n_steps} steps"
-    for j, label in enumerate(labels):
-        if not _is_number(label):
-            return f"field 'step_labels' holds {_shown(label)} at step {j}, expected a number"
-        if math.isnan(label):
-            return f"field 'step_labels' is NaN at step {j}"
-        if not 0.0 <= label <= 1.0:
-            return f"field 'step_labels' is {_shown(label)} at step {j}, expected a value in [0, 1]"
-    return None
-
-
 def load_rollouts(cfg: TrainPRMConfig):
     """(the collect run's rollouts with steps, how many rows without steps were dropped).
 
     Every row is checked for what `--loss` needs; a bad one is a UsageError naming it."""
-    from tdrm_cli.stages.collect import rollouts_table
-
     path, table = rollouts_table(cfg.data, "data", REQUIRED_COLUMNS)
     frame = table.to_pandas()
     if frame.empty:
@@ -158,8 +80,10 @@ def load_rollouts(cfg: TrainPRMConfig):
         )
     columns = [c for c in (*REQUIRED_COLUMNS, "step_labels", "step_truth") if c in frame.columns]
     for i, row in enumerate(frame[columns].itertuples(index=False, name=None)):
-        problem = _row_problem(
-            dict(zip(columns, row, strict=True)), cfg.loss == "mc", cfg.loss == "truth"
+        problem = row_problem(
+            dict(zip(columns, row, strict=True)),
+            labels_for="--loss mc" if cfg.loss == "mc" else None,
+            truth_for="--loss truth" if cfg.loss == "truth" else None,
         )
         if problem:
             raise UsageError(f"{path}: {_row_name(frame, i)}: {problem}")
@@ -173,7 +97,7 @@ def load_rollouts(cfg: TrainPRMConfig):
 
 
 def _as_list(value: Any) -> list | None:
-    return None if value is None or not _is_list(value) else list(value)
+    return None if value is None or not is_list(value) else list(value)
 
 
 def split_by_problem(frame, fraction: float, seed: int):
