@@ -10,10 +10,8 @@ import pytest
 
 from tdrm_cli.errors import UsageError
 from tdrm_cli.prm import (
-    AGGREGATIONS,
     PRM,
     Encoded,
-    aggregate,
     check_causal_lm,
     length_buckets,
     load_prm,
@@ -24,6 +22,7 @@ from tdrm_cli.prm import (
 )
 from tdrm_cli.steps import read_policy_meta
 from tdrm_cli.tasks.arith import ArithTask
+from tdrm_cli.voting import AGGREGATIONS, aggregate
 
 
 def make_tiny_base(path, hidden: int = 32, layers: int = 2, seed: int = 0):

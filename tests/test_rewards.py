@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tdrm_cli.prm import aggregate
 from tdrm_cli.rewards import OnlinePRMUpdate, PRMReward, VerifierReward, completion_text
 from tdrm_cli.stages.rl import REWARD_MIXES
 from tdrm_cli.tasks.arith import ArithTask
+from tdrm_cli.voting import aggregate
 
 TASK = ArithTask(ops=2)
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from conftest import invoke
-from tdrm_cli.prm import aggregate
 from tdrm_cli.steps import build_prompt
 from tdrm_cli.tasks.arith import ArithTask
+from tdrm_cli.voting import aggregate
 
 KEY = "s3cret-token"
 TASK = ArithTask(ops=3)

@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from tdrm_cli.prm import aggregate
+from tdrm_cli.voting import aggregate
 
 SEPARATOR = "\n\n"
 TEMPLATE = "Q: {question}\nA:\n\n"

@@ -19,6 +19,9 @@ from typing import Any
 import yaml
 
 from tdrm_cli.errors import UsageError, first_line
+from tdrm_cli.generation import BACKENDS
+from tdrm_cli.tasks import FILE_SUFFIXES, TASKS
+from tdrm_cli.voting import AGGREGATIONS, VOTES
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -38,6 +41,25 @@ ALLOW_PICKLE_HELP = (
 def _check(cond: bool, message: str) -> None:
     if not cond:
         raise UsageError(message)
+
+
+def listed(names: Any) -> str:
+    """Choices as prose: 'a', 'a or b', 'a, b or c'."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _one_of(value: Any, names: Any, flag: str) -> None:
+    _check(value in names, f"{flag} {value}: expected {listed(names)}")
+
+
+# The choices every stage offers, read from the registries that implement them.
+SPLITS = ("train", "test")
+TASK_HELP = (
+    f"Task: {', '.join(TASKS)} (options as name:key=val,key=val), or a "
+    f"{'/'.join(FILE_SUFFIXES)} file."
+)
+BACKEND_HELP = f"Generation backend: {listed(BACKENDS)}."
 
 
 # The largest value each count may take, by field name, in every stage: the work and memory
@@ -108,9 +130,7 @@ class RunConfig:
 class SFTConfig(RunConfig):
     """`tdrm sft`: train the tiny from-scratch policy on a built-in task."""
 
-    task: str = opt(
-        "arith", "Task spec: a name from the registry, options as name:key=val,key=val."
-    )
+    task: str = opt("arith", TASK_HELP)
     train_problems: int = opt(12800, "Number of generated training problems.")
     epochs: float = opt(2.0, "Passes over the training problems.")
     batch_size: int = opt(64, "Sequences per optimizer step.")
@@ -175,10 +195,8 @@ class CollectConfig(RunConfig):
     policy: str | None = opt(
         None, "Policy: a run folder (sft/rl), a local HF model folder, or a hub id."
     )
-    task: str = opt(
-        "arith", "Task spec: a name from the registry, options as name:key=val,key=val."
-    )
-    split: str = opt("train", "Which problems to sample: train or test.")
+    task: str = opt("arith", TASK_HELP)
+    split: str = opt("train", f"Which problems to sample: {listed(SPLITS)}.")
     problems: int = opt(200, "Number of problems.")
     n: int = opt(8, "Solutions sampled per problem.")
     mc_rollouts: int = opt(
@@ -188,7 +206,7 @@ class CollectConfig(RunConfig):
     top_p: float = opt(1.0, "Nucleus sampling mass.")
     max_new_tokens: int = opt(128, "Token limit per solution.")
     batch_size: int = opt(64, "Sequences per generation batch.")
-    backend: str = opt("hf", "Generation backend: hf or vllm.")
+    backend: str = opt("hf", BACKEND_HELP)
     shard_size: int = opt(25, "Problems per shard written to disk (the unit of --resume).")
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
     allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
@@ -196,7 +214,7 @@ class CollectConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.policy is not None, "--policy is required")
-        _check(self.split in ("train", "test"), f"--split {self.split}: expected train or test")
+        _one_of(self.split, SPLITS, "--split")
         _check(self.problems > 0, "--problems must be > 0")
         _check(self.n > 0, "--n must be > 0")
         _check(self.mc_rollouts >= 0, "--mc-rollouts must be >= 0")
@@ -246,7 +264,7 @@ class TrainPRMConfig(RunConfig):
         10, "Log loss, mean |TD error| and smoothness every this many optimizer steps."
     )
     save_steps: int = opt(200, "Checkpoint every this many optimizer steps (for --resume).")
-    agg: str = opt("min", "Default aggregation recorded with the PRM: min, last, prod or mean.")
+    agg: str = opt("min", f"Default aggregation recorded with the PRM: {listed(AGGREGATIONS)}.")
     head: str = opt(
         "linear",
         "Value head: linear (on the last token's hidden state) or likelihood (linear plus the "
@@ -296,10 +314,7 @@ class TrainPRMConfig(RunConfig):
             self.logging_steps > 0 and self.save_steps > 0,
             "--logging-steps and --save-steps must be > 0",
         )
-        _check(
-            self.agg in ("min", "last", "prod", "mean"),
-            f"--agg {self.agg}: expected min, last, prod or mean",
-        )
+        _one_of(self.agg, AGGREGATIONS, "--agg")
 
 
 @dataclass
@@ -312,9 +327,7 @@ class RLConfig(RunConfig):
     prm: str | None = opt(
         None, "PRM: a train-prm run folder or PRM model folder (needed by --reward prm, prm+rlvr)."
     )
-    task: str = opt(
-        "arith", "Task spec: a name from the registry, options as name:key=val,key=val."
-    )
+    task: str = opt("arith", TASK_HELP)
     problems: int = opt(
         2500, "Training problems in the stream (one pass; the order is fixed by --seed)."
     )
@@ -326,7 +339,7 @@ class RLConfig(RunConfig):
     )
     agg: str | None = opt(
         None,
-        "Step-score aggregation for the PRM reward: min, last, prod or mean; none = the PRM's own.",
+        f"Step-score aggregation for the PRM reward: {listed(AGGREGATIONS)}; none = the PRM's own.",
     )
     max_steps: int = opt(-1, "Stop after this many GRPO steps (-1: one pass over --problems).")
     batch_size: int = opt(
@@ -376,8 +389,8 @@ class RLConfig(RunConfig):
         _check(self.prm is not None or self.reward == "rlvr", f"--reward {self.reward} needs --prm")
         _check(0.0 <= self.prm_weight <= 1.0, f"--prm-weight {self.prm_weight}: must be in [0, 1]")
         _check(
-            self.agg in (None, "min", "last", "prod", "mean"),
-            f"--agg {self.agg}: expected min, last, prod or mean",
+            self.agg is None or self.agg in AGGREGATIONS,
+            f"--agg {self.agg}: expected {listed(AGGREGATIONS)}",
         )
         _check(self.problems > 0, "--problems must be > 0")
         _check(
@@ -420,9 +433,6 @@ class RLConfig(RunConfig):
         )
 
 
-AGG_CHOICES = ("min", "last", "prod", "mean")
-
-
 @dataclass
 class BonConfig(RunConfig):
     """`tdrm bon`: best-of-N with every PRM given, on shared candidates (paired comparison)."""
@@ -437,18 +447,16 @@ class BonConfig(RunConfig):
     prm: list[str] = opt(
         [], "PRM: a train-prm run folder or PRM model folder; repeat for several PRMs."
     )
-    task: str = opt(
-        "arith", "Task spec: a name from the registry, options as name:key=val,key=val."
-    )
-    split: str = opt("test", "Which problems to sample: train or test.")
+    task: str = opt("arith", TASK_HELP)
+    split: str = opt("test", f"Which problems to sample: {listed(SPLITS)}.")
     problems: int = opt(200, "Number of problems.")
     n: int = opt(
         16, "Candidates per problem (max N); accuracy is reported at N = 1, 2, 4, ... up to it."
     )
-    agg: str = opt("min", "Step-score aggregation: min, last, prod, mean, or all.")
+    agg: str = opt("min", f"Step-score aggregation: {', '.join(AGGREGATIONS)}, or all.")
     vote: str = opt(
         "weighted",
-        "Vote over candidates: naive, weighted, majority, or all (majority and pass@N are always reported).",
+        f"Vote over candidates: {', '.join(VOTES)}, or all (majority and pass@N are always reported).",
     )
     subsets: int = opt(
         32, "Random candidate subsets per N < max N (accuracy is their mean, with std)."
@@ -457,7 +465,7 @@ class BonConfig(RunConfig):
     top_p: float = opt(1.0, "Nucleus sampling mass.")
     max_new_tokens: int = opt(128, "Token limit per solution.")
     batch_size: int = opt(64, "Sequences per generation / PRM scoring batch.")
-    backend: str = opt("hf", "Generation backend: hf or vllm.")
+    backend: str = opt("hf", BACKEND_HELP)
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
     allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
@@ -471,17 +479,11 @@ class BonConfig(RunConfig):
             "--policy and --samples exclude each other (the samples already name their policy)",
         )
         _check(len(self.prm) > 0, "--prm is required (repeat it to compare several PRMs)")
-        _check(self.split in ("train", "test"), f"--split {self.split}: expected train or test")
+        _one_of(self.split, SPLITS, "--split")
         _check(self.problems > 0, "--problems must be > 0")
         _check(self.n > 0, "--n must be > 0")
-        _check(
-            self.agg in (*AGG_CHOICES, "all"),
-            f"--agg {self.agg}: expected min, last, prod, mean or all",
-        )
-        _check(
-            self.vote in ("naive", "weighted", "majority", "all"),
-            f"--vote {self.vote}: expected naive, weighted, majority or all",
-        )
+        _one_of(self.agg, (*AGGREGATIONS, "all"), "--agg")
+        _one_of(self.vote, (*VOTES, "all"), "--vote")
         _check(self.subsets > 0, "--subsets must be > 0")
         _check(self.temperature >= 0, "--temperature must be >= 0")
         _check(0 < self.top_p <= 1, "--top-p must be in (0, 1]")
@@ -505,17 +507,15 @@ class SearchConfig(RunConfig):
     method: list[str] = opt(
         ["beam"], "Search method: beam, greedy, dvts, or all; repeat for several."
     )
-    task: str = opt(
-        "arith", "Task spec: a name from the registry, options as name:key=val,key=val."
-    )
-    split: str = opt("test", "Which problems to solve: train or test.")
+    task: str = opt("arith", TASK_HELP)
+    split: str = opt("test", f"Which problems to solve: {listed(SPLITS)}.")
     problems: int = opt(200, "Number of problems.")
     beam_width: int = opt(4, "Prefixes kept per step (beam), or independent subtrees (dvts).")
     expand: int = opt(4, "Next steps sampled from every kept prefix.")
-    agg: str = opt("last", "Prefix / solution score from step scores: min, last, prod or mean.")
+    agg: str = opt("last", f"Prefix / solution score from step scores: {listed(AGGREGATIONS)}.")
     vote: str = opt(
         "weighted",
-        "Answer pick among the finished solutions: naive (best score), weighted or majority.",
+        f"Answer pick among the finished solutions: {listed(VOTES)} (naive: the best score).",
     )
     max_depth: int = opt(16, "Step limit per solution.")
     max_step_tokens: int = opt(48, "Token limit per step (a step cut there ends its solution).")
@@ -536,14 +536,11 @@ class SearchConfig(RunConfig):
                 f"--method {method}: expected beam, greedy, dvts or all",
             )
         _check(len(self.method) > 0, "--method needs at least one method")
-        _check(self.split in ("train", "test"), f"--split {self.split}: expected train or test")
+        _one_of(self.split, SPLITS, "--split")
         _check(self.problems > 0, "--problems must be > 0")
         _check(self.beam_width > 0 and self.expand > 0, "--beam-width and --expand must be > 0")
-        _check(self.agg in AGG_CHOICES, f"--agg {self.agg}: expected min, last, prod or mean")
-        _check(
-            self.vote in ("naive", "weighted", "majority"),
-            f"--vote {self.vote}: expected naive, weighted or majority",
-        )
+        _one_of(self.agg, AGGREGATIONS, "--agg")
+        _one_of(self.vote, VOTES, "--vote")
         _check(self.max_depth > 0, "--max-depth must be > 0")
         _check(
             self.max_step_tokens > 0 and self.max_new_tokens > 0,
@@ -572,10 +569,8 @@ class EvalConfig(RunConfig):
     prm: list[str] = opt(
         [], "PRM to evaluate on the policy's solutions: a train-prm run or PRM folder; repeatable."
     )
-    task: str = opt(
-        "arith", "Task spec: a name from the registry, options as name:key=val,key=val."
-    )
-    split: str = opt("test", "Which problems to evaluate on: train or test.")
+    task: str = opt("arith", TASK_HELP)
+    split: str = opt("test", f"Which problems to evaluate on: {listed(SPLITS)}.")
     problems: int = opt(200, "Number of problems.")
     k: int = opt(8, "Samples per problem for maj@k, pass@k and the PRM step metrics.")
     temperature: float = opt(1.0, "Sampling temperature of the k samples.")
@@ -607,7 +602,7 @@ class EvalConfig(RunConfig):
             self.policy is not None or (self.steps_file is not None and self.prm),
             "--policy is required (or --steps-file with at least one --prm)",
         )
-        _check(self.split in ("train", "test"), f"--split {self.split}: expected train or test")
+        _one_of(self.split, SPLITS, "--split")
         _check(self.problems > 0 and self.k > 0, "--problems and --k must be > 0")
         _check(0.0 < self.threshold_fraction < 1.0, "--threshold-fraction must be in (0, 1)")
         _check(

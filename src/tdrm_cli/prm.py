@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,42 +31,9 @@ from tdrm_cli.steps import (
     prompt_format,
     read_json_object,
 )
+from tdrm_cli.voting import AGGREGATIONS
 
 PRM_META = "tdrm_prm.json"
-
-# ---------------------------------------------------------------- aggregations (pure)
-
-
-def _min(values: list[float]) -> float:
-    return min(values)
-
-
-def _last(values: list[float]) -> float:
-    return values[-1]
-
-
-def _prod(values: list[float]) -> float:
-    return math.prod(values)
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-AGGREGATIONS: dict[str, Callable[[list[float]], float]] = {
-    "min": _min,
-    "last": _last,
-    "prod": _prod,
-    "mean": _mean,
-}
-
-
-def aggregate(values: Sequence[float], agg: str) -> float:
-    """One solution score from its step scores; a solution without steps scores 0.0."""
-    if agg not in AGGREGATIONS:
-        raise UsageError(f"--agg {agg}: expected one of {', '.join(AGGREGATIONS)}")
-    return float(AGGREGATIONS[agg](list(values))) if len(values) else 0.0
-
 
 # ---------------------------------------------------------------- encoding and batching
 

@@ -25,9 +25,10 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tdrm_cli import td
-from tdrm_cli.prm import aggregate, pad_batch, step_logits
+from tdrm_cli.prm import pad_batch, step_logits
 from tdrm_cli.steps import DEFAULT_SEPARATOR, split_steps
 from tdrm_cli.tasks import Problem, Task, grade
+from tdrm_cli.voting import aggregate
 
 Observer = Callable[[list[str], list[str], list[float]], None]
 """`observer(questions, completion_texts, verdicts)`: sees every verified batch (online PRM updates)."""

@@ -77,7 +77,7 @@ class ServeConfig:
     allow_pickle: bool = False
 
     def __post_init__(self) -> None:
-        from tdrm_cli.prm import AGGREGATIONS
+        from tdrm_cli.voting import AGGREGATIONS
 
         def check(cond: bool, message: str) -> None:
             if not cond:
@@ -460,8 +460,9 @@ def create_app(
     from fastapi import Depends, FastAPI, Request, Response
     from fastapi.responses import JSONResponse
 
-    from tdrm_cli.prm import AGGREGATIONS, NonFinite, TooLong, aggregate
+    from tdrm_cli.prm import NonFinite, TooLong
     from tdrm_cli.rewards import VerifierReward
+    from tdrm_cli.voting import AGGREGATIONS, aggregate
 
     cfg = cfg or ServeConfig()
     if cfg.max_tokens is not None:

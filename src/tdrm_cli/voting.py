@@ -1,4 +1,7 @@
-"""Votes over candidate solutions and accuracy at N, as small pure functions.
+"""Step-score aggregation, votes over candidate solutions and accuracy at N, as pure functions.
+
+An aggregation (`AGGREGATIONS`: min, last, prod, mean) turns a solution's step scores
+into one solution score (a solution without steps scores 0.0).
 
 A vote looks at the candidates of one problem (their final answers, and for PRM votes
 their solution scores) and picks one candidate, whose verdict becomes the problem's:
@@ -20,9 +23,45 @@ sees the same subsets, so comparisons between them are paired.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
+
+from tdrm_cli.errors import UsageError
+
+# ---------------------------------------------------------------- step scores -> solution score
+
+
+def _min(values: list[float]) -> float:
+    return min(values)
+
+
+def _last(values: list[float]) -> float:
+    return values[-1]
+
+
+def _prod(values: list[float]) -> float:
+    return math.prod(values)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+AGGREGATIONS: dict[str, Callable[[list[float]], float]] = {
+    "min": _min,
+    "last": _last,
+    "prod": _prod,
+    "mean": _mean,
+}
+
+
+def aggregate(values: Sequence[float], agg: str) -> float:
+    """One solution score from its step scores; a solution without steps scores 0.0."""
+    if agg not in AGGREGATIONS:
+        raise UsageError(f"--agg {agg}: expected one of {', '.join(AGGREGATIONS)}")
+    return float(AGGREGATIONS[agg](list(values))) if len(values) else 0.0
 
 Answer = str | None
 Vote = Callable[[Sequence[Answer], Sequence[float] | None], int | None]
@@ -64,7 +103,7 @@ def majority(answers: Sequence[Answer], scores: Sequence[float] | None = None) -
 
 
 VOTES: dict[str, Vote] = {"naive": naive, "weighted": weighted, "majority": majority}
-PRM_VOTES = ("naive", "weighted")
+PRM_VOTES = tuple(name for name in VOTES if name != "majority")  # the votes that read scores
 
 
 def voted_correct(

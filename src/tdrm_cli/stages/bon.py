@@ -22,11 +22,11 @@ from typing import Any
 from rich.table import Table
 
 from tdrm_cli import plots, voting
-from tdrm_cli.config import AGG_CHOICES, BonConfig
+from tdrm_cli.config import BonConfig
 from tdrm_cli.console import console, log, progress
 from tdrm_cli.errors import UsageError
 from tdrm_cli.generation import Sampling, check_backend, load_backend
-from tdrm_cli.prm import PRM, aggregate, load_prm
+from tdrm_cli.prm import PRM, load_prm
 from tdrm_cli.runs import (
     atomic_write_bytes,
     atomic_write_json,
@@ -176,7 +176,9 @@ def prm_arrays(
     rows: list[dict[str, Any]], label: str, agg: str, answers: list, correct: list
 ) -> dict[str, Any]:
     """`voting.as_arrays` of the candidates with one PRM's solution scores under `agg`."""
-    scores = [[aggregate(v, agg) for v in values] for values in by_problem(rows, f"scores_{label}")]
+    scores = [
+        [voting.aggregate(v, agg) for v in values] for values in by_problem(rows, f"scores_{label}")
+    ]
     return voting.as_arrays(answers, correct, scores)
 
 
@@ -190,7 +192,7 @@ def curves(rows: list[dict[str, Any]], labels: list[str], cfg: BonConfig) -> lis
         ("pass@N", {"prm": None, "agg": None, "vote": None}, plain, None),
         ("majority", {"prm": None, "agg": None, "vote": "majority"}, plain, "majority"),
     ]
-    for agg in choices(cfg.agg, AGG_CHOICES):
+    for agg in choices(cfg.agg, voting.AGGREGATIONS):
         for label in labels:
             arrays = prm_arrays(rows, label, agg, answers, correct)
             for vote in votes:
@@ -223,7 +225,7 @@ def against_majority(
     everything = np.tile(np.arange(m), (plain["ids"].shape[0], 1))
     majority = voting.vote_correct(plain, "majority", everything)
     out = []
-    for agg in choices(cfg.agg, AGG_CHOICES):
+    for agg in choices(cfg.agg, voting.AGGREGATIONS):
         for label in labels:
             arrays = prm_arrays(rows, label, agg, answers, correct)
             weighted = voting.vote_correct(arrays, "weighted", everything)

@@ -43,10 +43,11 @@ from tdrm_cli.config import SearchConfig
 from tdrm_cli.console import console, log
 from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.prefix_cache import Cached, cache_arg, make_batch, row_cached, supports_prefix_cache
-from tdrm_cli.prm import aggregate, load_prm
+from tdrm_cli.prm import load_prm
 from tdrm_cli.runs import atomic_write_bytes, atomic_write_json, resolve_model, run_stage
 from tdrm_cli.steps import DEFAULT_SEPARATOR, build_prompt, encode_pieces, read_policy_meta
 from tdrm_cli.tasks import Problem, Task, grade, load_task
+from tdrm_cli.voting import aggregate
 
 SCORES = "scores.parquet"
 RESULTS = "results.json"

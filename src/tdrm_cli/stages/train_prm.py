@@ -22,10 +22,8 @@ from tdrm_cli.console import console, log
 from tdrm_cli.errors import UsageError
 from tdrm_cli.metrics import degeneracy
 from tdrm_cli.prm import (
-    AGGREGATIONS,
     PRM,
     Encoded,
-    aggregate,
     check_causal_lm,
     check_head,
     load_tokenizer,
@@ -43,6 +41,7 @@ from tdrm_cli.runs import (
 )
 from tdrm_cli.solutions import is_list, rollouts_table, row_problem
 from tdrm_cli.steps import read_policy_meta
+from tdrm_cli.voting import AGGREGATIONS, aggregate
 
 REQUIRED_COLUMNS = ("problem_id", "prompt", "steps", "correct")
 
