@@ -63,6 +63,7 @@ def aggregate(values: Sequence[float], agg: str) -> float:
         raise UsageError(f"--agg {agg}: expected one of {', '.join(AGGREGATIONS)}")
     return float(AGGREGATIONS[agg](list(values))) if len(values) else 0.0
 
+
 Answer = str | None
 Vote = Callable[[Sequence[Answer], Sequence[float] | None], int | None]
 
