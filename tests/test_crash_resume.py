@@ -1,14 +1,15 @@
-"""`kill -9` at a random point, then `--resume`: the result equals an uninterrupted run.
+"""`kill -9` at fixed points, then `--resume`: the result equals an uninterrupted run.
 
-Real subprocesses and real signals. The kill point is drawn at random each time (the
-draw is in the failure message); both runs use one thread so their arithmetic matches.
+Real subprocesses and real signals. Each kill point (after shard/checkpoint k, plus a
+fixed delay) is a test parameter, so every run covers the same points; the uninterrupted
+reference is run once per stage and shared. Every run uses one thread so their
+arithmetic matches.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -42,6 +43,22 @@ def finish(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, err[-3000:]
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """`reference(stage, args)`: the folder of one uninterrupted run, run once per module."""
+    done: dict[tuple, Path] = {}
+
+    def get(stage: str, args: tuple) -> Path:
+        key = (stage, *map(str, args))
+        if key not in done:
+            out = tmp_path_factory.mktemp("ref") / stage
+            finish(tdrm(stage, *args, "--out", out))
+            done[key] = out
+        return done[key]
+
+    return get
+
+
 def kill_when(proc: subprocess.Popen, ready, delay: float, what: str) -> None:
     """SIGKILL `proc` `delay` seconds after `ready()` first holds; it must still be running."""
     deadline = time.monotonic() + 300
@@ -57,14 +74,14 @@ def kill_when(proc: subprocess.Popen, ready, delay: float, what: str) -> None:
     proc.wait()
 
 
-def test_collect_killed_then_resumed_is_byte_identical(tiny_policy, tmp_path):
+@pytest.mark.parametrize("after, delay", [(1, 0.0), (5, 0.15)])
+def test_collect_killed_then_resumed_is_byte_identical(
+    tiny_policy, reference, tmp_path, after, delay
+):
     shards = 8
     args = ("--policy", tiny_policy, "--problems", shards, "--n", "3", "--mc-rollouts", "2",
             "--max-new-tokens", "60", "--shard-size", "1", "--batch-size", "32", "--seed", "11")  # fmt: skip
-    draw = random.Random()
-    after, delay = draw.randint(1, shards - 3), draw.uniform(0.0, 0.3)
     what = f"collect killed {delay:.2f} s after shard {after} of {shards}"
-    reference = tdrm("collect", *args, "--out", tmp_path / "ref")
     crashed = tmp_path / "crashed"
     victim = tdrm("collect", *args, "--out", crashed)
     kill_when(
@@ -76,9 +93,8 @@ def test_collect_killed_then_resumed_is_byte_identical(tiny_policy, tmp_path):
     assert read_manifest(crashed)["status"] == "running", what  # a killed run says so
     assert (crashed / ".lock").is_file(), what  # ...and leaves its (now stale) lock behind
     finish(tdrm("collect", *args, "--out", crashed, "--resume"))
-    finish(reference)
     assert read_manifest(crashed)["status"] == "complete"
-    ref = (tmp_path / "ref" / "rollouts.parquet").read_bytes()
+    ref = (reference("collect", args) / "rollouts.parquet").read_bytes()
     assert (crashed / "rollouts.parquet").read_bytes() == ref, what
     assert not (crashed / ".lock").exists() and not (crashed / "shards").exists()
 
@@ -93,40 +109,35 @@ def weight_gap(run: Path, other: Path) -> float:
 
 
 def killed_at_a_checkpoint_then_resumed(
-    stage: str, args: tuple, checkpoints: list[int], max_delay: float, tmp_path: Path
-) -> tuple[Path, str, int]:
-    """Run `stage` to completion in tmp_path/ref and, beside it, once killed at a random
-    point after one of `checkpoints` and resumed in tmp_path/crashed; (crashed, the draw,
-    the checkpoint it was killed after)."""
-    draw = random.Random()
-    after, delay = draw.choice(checkpoints), draw.uniform(0.0, max_delay)
+    stage: str, args: tuple, after: int, delay: float, tmp_path: Path
+) -> tuple[Path, str]:
+    """Run `stage` in tmp_path/crashed, kill it `delay` s after checkpoint-`after` is
+    written, and resume it; (crashed, a description of the kill point)."""
     what = f"{stage} killed {delay:.2f} s after checkpoint-{after}"
-    reference = tdrm(stage, *args, "--out", tmp_path / "ref")
     crashed = tmp_path / "crashed"
     victim = tdrm(stage, *args, "--out", crashed)
     state = crashed / "checkpoints" / f"checkpoint-{after}" / "trainer_state.json"
     kill_when(victim, state.is_file, delay, what)
     assert read_manifest(crashed)["status"] == "running", what
     finish(tdrm(stage, *args, "--out", crashed, "--resume"))
-    finish(reference)
-    return crashed, what, after
+    return crashed, what
 
 
-def test_train_prm_killed_then_resumed_matches(tiny_collect, tmp_path):
+@pytest.mark.parametrize("after, delay", [(4, 0.0), (12, 0.2)])
+def test_train_prm_killed_then_resumed_matches(tiny_collect, reference, tmp_path, after, delay):
     args = ("--data", tiny_collect, "--max-steps", "40", "--save-steps", "4", "--batch-size", "4",
             "--logging-steps", "1", "--report-to", "none", "--seed", "4")  # fmt: skip
-    crashed, what, after = killed_at_a_checkpoint_then_resumed(
-        "train-prm", args, [4, 8, 12], 0.3, tmp_path
-    )
+    crashed, what = killed_at_a_checkpoint_then_resumed("train-prm", args, after, delay, tmp_path)
+    ref = reference("train-prm", args)
     got = json.loads((crashed / "metrics.json").read_text())
-    want = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    want = json.loads((ref / "metrics.json").read_text())
     assert got["train_steps"] == want["train_steps"] == 40, what
     # the resume ran only the steps after a checkpoint at or past the kill point
     assert want["steps_run"] == 40 and 0 < got["steps_run"] <= 40 - after, (what, got)
     for key in ("step_auroc", "outcome_auroc", "td_error"):
         if isinstance(want.get(key), float):
             assert abs(got[key] - want[key]) < 1e-3, (what, key, got[key], want[key])
-    worst = weight_gap(crashed, tmp_path / "ref")
+    worst = weight_gap(crashed, ref)
     assert worst < 1e-4, (what, worst)
     assert not (crashed / "checkpoints").exists()
 
@@ -169,17 +180,19 @@ def test_unfinished_checkpoint_is_skipped_and_removed(tmp_path):
 
 
 @pytest.mark.slow
-def test_rl_killed_then_resumed_matches(tiny_policy, tmp_path):
+@pytest.mark.parametrize("after, delay", [(2, 0.0), (6, 0.2)])
+def test_rl_killed_then_resumed_matches(tiny_policy, reference, tmp_path, after, delay):
     args = ("--policy", tiny_policy, "--reward", "rlvr", "--problems", "8", "--batch-size", "2",
             "--num-generations", "2", "--max-steps", "12", "--max-completion-length", "16",
             "--save-steps", "2", "--eval-problems", "2", "--eval-every", "2",
             "--report-to", "none", "--seed", "3")  # fmt: skip
-    crashed, what, after = killed_at_a_checkpoint_then_resumed("rl", args, [2, 4, 6], 0.3, tmp_path)
-    got, want = (read_manifest(p)["metrics"] for p in (crashed, tmp_path / "ref"))
+    crashed, what = killed_at_a_checkpoint_then_resumed("rl", args, after, delay, tmp_path)
+    ref = reference("rl", args)
+    got, want = (read_manifest(p)["metrics"] for p in (crashed, ref))
     assert got["train_steps"] == want["train_steps"] == 12, what
     assert want["steps_run"] == 12 and 0 < got["steps_run"] <= 12 - after, (what, got)
     assert got["pass@1"] == want["pass@1"], what
-    worst = weight_gap(crashed, tmp_path / "ref")
+    worst = weight_gap(crashed, ref)
     assert worst < 1e-4, (what, worst)
 
 
@@ -205,7 +218,7 @@ def test_pipeline_killed_then_rerun_matches(tmp_path):
         path.write_text(RECIPE.format(root=tmp_path / name))
         return path
 
-    delay = random.Random().uniform(0.0, 0.5)
+    delay = 0.2
     what = f"pipeline killed {delay:.2f} s after the first collect shard"
     reference = tdrm("pipeline", recipe("ref"))
     victim = tdrm("pipeline", recipe("crashed"))
