@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from tdrm_cli.errors import UsageError, first_line
+from tdrm_cli.targets import TARGETS, loss_help, one_of
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -215,11 +216,7 @@ class TrainPRMConfig(RunConfig):
     base: str | None = opt(
         None, "Backbone: HF causal LM folder or run folder (default: the data's policy)."
     )
-    loss: str = opt(
-        "td",
-        "Target: td, mc (Monte-Carlo step labels), truth (exact step_truth, prefix-correct: "
-        "the ceiling for this backbone and data) or outcome (verdict at every step).",
-    )
+    loss: str = opt("td", f"Target: {loss_help(TARGETS)}.")
     td_lambda: float = opt(0.8, "TD(lambda) mixing: 0 = TD(0), 1 = Monte-Carlo outcome return.")
     n_step: int | None = opt(None, "Use the n-step target with this n instead of TD(lambda).")
     gamma: float = opt(1.0, "Discount in (0, 1]; < 1 pulls early steps of long solutions down.")
@@ -259,10 +256,7 @@ class TrainPRMConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.data is not None, "--data is required")
-        _check(
-            self.loss in ("td", "mc", "truth", "outcome"),
-            f"--loss {self.loss}: expected td, mc, truth or outcome",
-        )
+        _check(self.loss in TARGETS, f"--loss {self.loss}: expected {one_of(TARGETS)}")
         _check(0.0 <= self.td_lambda <= 1.0, f"--td-lambda {self.td_lambda}: must be in [0, 1]")
         _check(0.0 < self.gamma <= 1.0, f"--gamma {self.gamma}: must be in (0, 1]")
         _check(self.n_step is None or self.n_step >= 1, "--n-step must be >= 1")

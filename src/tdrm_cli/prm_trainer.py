@@ -1,17 +1,17 @@
-"""The PRM trainer: targets, collator and a `transformers.Trainer` subclass.
+"""The PRM trainer: collator and a `transformers.Trainer` subclass.
 
 TRL 1.x ships no PRM trainer, so `PRMTrainer` subclasses `transformers.Trainer` with its
 own collator (`StepCollator`) and `compute_loss` (BCE of step values against detached
 targets, DESIGN.md section 4); accelerate/DeepSpeed, checkpoints, `resume_from_checkpoint`
 and `report_to` come from the library. Kept out of the stage module so other stages
-(e.g. online TD updates during RL) and the benchmarks can reuse it; the math is `td.py`.
+(e.g. online TD updates during RL) and the benchmarks can reuse it; the targets are
+`targets.py`, the math is `td.py`.
 """
 
 from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,64 +19,7 @@ from transformers import Trainer
 
 from tdrm_cli import td
 from tdrm_cli.prm import Encoded, pad_batch, step_logits
-
-# ---------------------------------------------------------------- targets
-
-
-@dataclass
-class Targets:
-    """Which target each step is fit to; `__call__` picks the function from `TARGETS`."""
-
-    loss: str = "td"
-    gamma: float = 1.0
-    td_lambda: float = 0.8
-    n_step: int | None = None
-    td_mix: float | None = None
-    hard: bool = False
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> Targets:
-        """From a `TrainPRMConfig` (or anything with the same fields)."""
-        return cls(cfg.loss, cfg.gamma, cfg.td_lambda, cfg.n_step, cfg.td_mix, cfg.hard)
-
-    def td(self, values, terminal, mask):
-        """TD(lambda), or n-step when `n_step` is set; per-step rewards are 0, R = verdict."""
-        if self.n_step is not None:
-            return td.nstep_targets(values, None, terminal, mask, n=self.n_step, gamma=self.gamma)
-        return td.td_lambda_targets(
-            values, None, terminal, mask, gamma=self.gamma, lam=self.td_lambda
-        )
-
-    def __call__(self, values, batch: dict[str, Any]):
-        return TARGETS[self.loss](self, values, batch)
-
-
-def _td_target(spec: Targets, values, batch):
-    y = spec.td(values, batch["terminal"], batch["step_mask"])
-    if spec.td_mix is None:
-        return y
-    mc = td.mc_targets(batch["mc_labels"], batch["step_mask"], hard=spec.hard)
-    return td.mix_targets(y, mc, spec.td_mix, batch["step_mask"], mc_mask=batch["has_mc"])
-
-
-def _mc_target(spec: Targets, values, batch):
-    return td.mc_targets(batch["mc_labels"], batch["step_mask"], hard=spec.hard)
-
-
-def _truth_target(spec: Targets, values, batch):
-    return td.truth_targets(batch["truth_labels"], batch["step_mask"])
-
-
-def _outcome_target(spec: Targets, values, batch):
-    return td.outcome_targets(batch["terminal"], batch["step_mask"])
-
-
-TARGETS: dict[str, Callable[[Targets, Any, dict[str, Any]], Any]] = {
-    "td": _td_target,
-    "mc": _mc_target,
-    "truth": _truth_target,
-    "outcome": _outcome_target,
-}
+from tdrm_cli.targets import Targets
 
 
 @dataclass

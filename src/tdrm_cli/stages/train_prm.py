@@ -33,7 +33,7 @@ from tdrm_cli.prm import (
     load_value_model,
     prm_meta,
 )
-from tdrm_cli.prm_trainer import PRMTrainer, StepCollator, Targets
+from tdrm_cli.prm_trainer import PRMTrainer, StepCollator
 from tdrm_cli.runs import (
     Run,
     atomic_write_json,
@@ -43,6 +43,7 @@ from tdrm_cli.runs import (
     world_size,
 )
 from tdrm_cli.steps import read_policy_meta
+from tdrm_cli.targets import Targets
 
 REQUIRED_COLUMNS = ("problem_id", "prompt", "steps", "correct")
 
@@ -469,13 +470,7 @@ def run(cfg: TrainPRMConfig) -> Path:
     train_frame, eval_frame = split_by_problem(frame, cfg.eval_fraction, cfg.seed)
     if cfg.train_problems is not None:
         train_frame = first_problems(train_frame, cfg.train_problems, cfg.seed)
-    target = {
-        "td": f"TD(lambda={cfg.td_lambda})",
-        "mc": "MC labels",
-        "truth": "exact step truth (prefix-correct)",
-        "outcome": "outcome",
-    }[cfg.loss]
-    target = f"n-step n={cfg.n_step}" if cfg.n_step else target
+    target = Targets.from_config(cfg).label()
     with open_run("train-prm", cfg) as run:
         run.add_input("data", cfg.data)
         run.add_input("base", base_ref)
