@@ -1,11 +1,11 @@
-"""The PRM trainer: collator and a `transformers.Trainer` subclass.
+"""The PRM trainer: the loss step, collator and a `transformers.Trainer` subclass.
 
 TRL 1.x ships no PRM trainer, so `PRMTrainer` subclasses `transformers.Trainer` with its
-own collator (`StepCollator`) and `compute_loss` (BCE of step values against detached
-targets, DESIGN.md section 4); accelerate/DeepSpeed, checkpoints, `resume_from_checkpoint`
-and `report_to` come from the library. Kept out of the stage module so other stages
-(e.g. online TD updates during RL) and the benchmarks can reuse it; the targets are
-`targets.py`, the math is `td.py`.
+own collator (`StepCollator`) and `compute_loss` (`step_loss`: BCE of step values against
+detached targets, DESIGN.md section 4); accelerate/DeepSpeed, checkpoints,
+`resume_from_checkpoint` and `report_to` come from the library. Kept out of the stage
+module so the online PRM updates during RL (`rewards.OnlinePRMUpdate`) and the benchmarks
+reuse it; the targets are `targets.py`, the math is `td.py`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,52 @@ from __future__ import annotations
 import copy
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from transformers import Trainer
 
 from tdrm_cli import td
 from tdrm_cli.prm import Encoded, pad_batch, step_logits
 from tdrm_cli.targets import Targets
+
+# ---------------------------------------------------------------- the loss step
+
+
+class StepLoss(NamedTuple):
+    loss: Any
+    """BCE of the step values against the targets, averaged over real steps."""
+    values: Any
+    """`[batch, steps]` step values (sigmoid of the head logits), with their gradient."""
+    targets: Any
+    """`[batch, steps]` detached targets."""
+
+
+def step_loss(
+    model, batch: dict[str, Any], head: str, targets: Targets, bootstrap=None
+) -> StepLoss:
+    """The PRM loss of one `StepCollator` batch, for train-prm and for the online updates in rl.
+
+    Targets bootstrap from `bootstrap` (e.g. a frozen copy's values), by default from the
+    detached values themselves (DESIGN.md section 4)."""
+    import torch
+
+    logits = step_logits(model, batch, head).float()
+    values = torch.sigmoid(logits)
+    y = targets(values.detach() if bootstrap is None else bootstrap, batch)
+    return StepLoss(td.masked_bce_with_logits(logits, y, batch["step_mask"]), values, y)
+
+
+def step_features(encoded: Encoded, terminal: float, mc_labels=None, truth_labels=None):
+    """One `StepCollator` item: an encoded rollout, its verdict and any step labels."""
+    return {
+        "input_ids": encoded.ids,
+        "step_index": encoded.ends,
+        "prompt_len": encoded.prompt_len,
+        "sep_tokens": encoded.sep_tokens,
+        "terminal": terminal,
+        "mc_labels": mc_labels,
+        "truth_labels": truth_labels,
+    }
 
 
 @dataclass
@@ -89,16 +128,8 @@ class PRMTrainer(Trainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        import torch
-
-        mask = inputs["step_mask"]
-        logits = step_logits(model, inputs, self.head).float()
-        values = torch.sigmoid(logits)
-        bootstrap = (
-            self._frozen_values(model, inputs) if self.target_model is not None else values.detach()
-        )
-        targets = self.targets(bootstrap, inputs)
-        loss = td.masked_bce_with_logits(logits, targets, mask)
+        frozen = self._frozen_values(model, inputs) if self.target_model is not None else None
+        loss, values, targets = step_loss(model, inputs, self.head, self.targets, frozen)
         if model.training:
             self._record(values.detach(), targets, inputs)
         return (loss, {"values": values}) if return_outputs else loss

@@ -33,7 +33,7 @@ from tdrm_cli.prm import (
     load_value_model,
     prm_meta,
 )
-from tdrm_cli.prm_trainer import PRMTrainer, StepCollator
+from tdrm_cli.prm_trainer import PRMTrainer, StepCollator, step_features
 from tdrm_cli.runs import (
     Run,
     atomic_write_json,
@@ -223,18 +223,8 @@ def encode_rows(prm: PRM, frame) -> list[dict[str, Any]]:
         frame["step_truth"],
         strict=True,
     ):
-        encoded = prm.encode(question, steps)
-        items.append(
-            {
-                "input_ids": encoded.ids,
-                "step_index": encoded.ends,
-                "prompt_len": encoded.prompt_len,
-                "sep_tokens": encoded.sep_tokens,
-                "terminal": float(correct),
-                "mc_labels": labels,
-                "truth_labels": truth if truth is not None and len(truth) == len(steps) else None,
-            }
-        )
+        truth = truth if truth is not None and len(truth) == len(steps) else None
+        items.append(step_features(prm.encode(question, steps), float(correct), labels, truth))
     return items
 
 
