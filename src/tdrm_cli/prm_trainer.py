@@ -39,7 +39,7 @@ def step_loss(
     """The PRM loss of one `StepCollator` batch, for train-prm and for the online updates in rl.
 
     Targets bootstrap from `bootstrap` (e.g. a frozen copy's values), by default from the
-    detached values themselves (DESIGN.md section 4)."""
+    detached values themselves."""
     import torch
 
     logits = step_logits(model, batch, head).float()

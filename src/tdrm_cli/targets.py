@@ -10,7 +10,7 @@ config.py, and so `tdrm --help`, free of it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -111,6 +111,9 @@ TARGETS: dict[str, Loss] = {
     "outcome": Loss(_outcome_target, "verdict at every step", lambda _: "outcome"),
 }
 
+ONLINE_LOSSES = tuple(name for name, loss in TARGETS.items() if loss.needs is None)
+"""The losses a PRM can take on fresh rollouts, which carry only the verifier's verdict."""
+
 
 def one_of(names: Iterable[str]) -> str:
     """`a, b or c`, for help and error lines."""
@@ -121,3 +124,10 @@ def one_of(names: Iterable[str]) -> str:
 def loss_help(names: Iterable[str]) -> str:
     """The `--loss` choices among `names`, each with what it fits."""
     return one_of(f"{name} ({TARGETS[name].help})" for name in names)
+
+
+def loss_refused(loss: str, losses: Sequence[str]) -> str:
+    """The error line for a `--loss` outside `losses`; a loss left out for its labels says so."""
+    needs = TARGETS[loss].needs if loss in TARGETS else None
+    why = f"fits {needs}, which online rollouts lack; " if needs else ""
+    return f"--loss {loss}: {why}expected {one_of(losses)}"
