@@ -21,8 +21,9 @@ from common import arith_solutions, policy_folder, report
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from tdrm_cli.prm import PRM, load_tokenizer, load_value_model, prm_meta
-from tdrm_cli.prm_trainer import PRMTrainer, StepCollator, Targets
+from tdrm_cli.prm_trainer import PRMTrainer, StepCollator
 from tdrm_cli.steps import read_policy_meta
+from tdrm_cli.targets import Targets
 
 ROWS, BATCH, STEPS, REPEATS = 512, 16, 24, 4
 

@@ -6,6 +6,7 @@ import pytest
 
 from tdrm_cli.rewards import OnlinePRMUpdate, PRMReward, VerifierReward, completion_text
 from tdrm_cli.stages.rl import REWARD_MIXES
+from tdrm_cli.targets import Targets
 from tdrm_cli.tasks.arith import ArithTask
 from tdrm_cli.voting import aggregate
 
@@ -129,7 +130,7 @@ def test_online_update_pulls_step_values_toward_the_verdicts(tmp_path):
     problems = TASK.problems("train", 8)
     texts = ["\n\n".join(TASK.reference_steps(p)) for p in problems]
     learner = OnlinePRMUpdate(
-        prm, every=1, learning_rate=3e-3, batch_size=4, td_lambda=0.8, gamma=1.0
+        prm, every=1, learning_rate=3e-3, batch_size=4, targets=Targets("td", 1.0, 0.8)
     )
 
     def mean_value(verdict: float) -> float:
@@ -163,7 +164,7 @@ def test_online_update_ranks_verified_rollouts_above_failed_ones(tiny_policy):
     wrong = [[*s[:-1], "answer x"] for s in right]
     questions = [p.question for p in problems]
     learner = OnlinePRMUpdate(
-        prm, every=1, learning_rate=3e-3, batch_size=4, td_lambda=0.8, gamma=1.0
+        prm, every=1, learning_rate=3e-3, batch_size=4, targets=Targets("td", 1.0, 0.8)
     )
     learner.observe(questions * 2, ["\n\n".join(s) for s in right + wrong], [1.0] * 8 + [0.0] * 8)
     rollouts, learner.buffer = learner.buffer, []

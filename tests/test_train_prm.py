@@ -176,7 +176,7 @@ def test_lora_run_saves_a_merged_plain_model(data, tmp_path):
 
 
 def test_resume_continues_from_the_last_checkpoint(data, tmp_path, monkeypatch):
-    from tdrm_cli.prm_trainer import Targets
+    from tdrm_cli.targets import Targets
 
     out = tmp_path / "resume"
     args = [
@@ -254,17 +254,17 @@ def test_truth_loss_fits_prefix_correct_targets(data, tiny_base, tmp_path, monke
     """Every batch's targets under --loss truth are the running minimum of its step truth."""
     import torch
 
-    from tdrm_cli import prm_trainer
+    from tdrm_cli.targets import TARGETS
 
     seen = []
-    real = prm_trainer.TARGETS["truth"]
+    real = TARGETS["truth"]
 
     def spy(spec, values, batch):
-        y = real(spec, values, batch)
+        y = real.target(spec, values, batch)
         seen.append((y, batch))
         return y
 
-    monkeypatch.setitem(prm_trainer.TARGETS, "truth", spy)
+    monkeypatch.setitem(TARGETS, "truth", real._replace(target=spy))
     out = tmp_path / "truth"
     args = ["--base", tiny_base, "--loss", "truth", "--max-steps", "2", "--eval-fraction", "0"]
     result = invoke("train-prm", "--data", data, "--out", out, *args, *TINY)
@@ -282,7 +282,8 @@ def test_truth_loss_fits_prefix_correct_targets(data, tiny_base, tmp_path, monke
 def test_collator_carries_truth_labels():
     import torch
 
-    from tdrm_cli.prm_trainer import StepCollator, Targets
+    from tdrm_cli.prm_trainer import StepCollator
+    from tdrm_cli.targets import Targets
 
     features = [
         {
@@ -470,7 +471,8 @@ def test_collator_and_targets_agree_with_td():
     import torch
 
     from tdrm_cli import td
-    from tdrm_cli.prm_trainer import StepCollator, Targets
+    from tdrm_cli.prm_trainer import StepCollator
+    from tdrm_cli.targets import Targets
 
     features = [
         {

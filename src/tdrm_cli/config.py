@@ -20,6 +20,7 @@ import yaml
 
 from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.generation import BACKENDS
+from tdrm_cli.targets import ONLINE_LOSSES, TARGETS, loss_help, loss_refused
 from tdrm_cli.tasks import FILE_SUFFIXES, TASKS
 from tdrm_cli.voting import AGGREGATIONS, VOTES
 
@@ -226,23 +227,36 @@ class CollectConfig(RunConfig):
 
 
 @dataclass
-class TrainPRMConfig(RunConfig):
+class TargetOptions:
+    """What a PRM's step values are fit to, in train-prm and in rl --prm-update online."""
+
+    loss: str = opt("td", f"Target: {loss_help(TARGETS)}.")
+    td_lambda: float = opt(0.8, "TD(lambda) mixing: 0 = TD(0), 1 = Monte-Carlo outcome return.")
+    n_step: int | None = opt(None, "Use the n-step target with this n instead of TD(lambda).")
+    gamma: float = opt(1.0, "Discount in (0, 1]; < 1 pulls early steps of long solutions down.")
+    td_mix: float | None = opt(
+        None, "alpha: target = alpha*TD + (1-alpha)*MC where MC labels exist (online: none, so TD)."
+    )
+
+    def check_targets(self, losses: tuple[str, ...] = tuple(TARGETS)) -> None:
+        """`loss` one of `losses`; the TD settings in range, and given only with --loss td."""
+        _check(self.loss in losses, loss_refused(self.loss, losses))
+        _check(0.0 <= self.td_lambda <= 1.0, f"--td-lambda {self.td_lambda}: must be in [0, 1]")
+        _check(0.0 < self.gamma <= 1.0, f"--gamma {self.gamma}: must be in (0, 1]")
+        _check(self.n_step is None or self.n_step >= 1, "--n-step must be >= 1")
+        _check(self.td_mix is None or 0.0 <= self.td_mix <= 1.0, "--td-mix must be in [0, 1]")
+        needs_td = f"needs --loss td (got --loss {self.loss})"
+        for flag, value in (("--n-step", self.n_step), ("--td-mix", self.td_mix)):
+            _check(value is None or self.loss == "td", f"{flag} {needs_td}")
+
+
+@dataclass
+class TrainPRMConfig(TargetOptions, RunConfig):
     """`tdrm train-prm`: fit step values to TD / n-step / MC / exact-truth / outcome targets."""
 
     data: str | None = opt(None, "A complete collect run folder.")
     base: str | None = opt(
         None, "Backbone: HF causal LM folder or run folder (default: the data's policy)."
-    )
-    loss: str = opt(
-        "td",
-        "Target: td, mc (Monte-Carlo step labels), truth (exact step_truth, prefix-correct: "
-        "the ceiling for this backbone and data) or outcome (verdict at every step).",
-    )
-    td_lambda: float = opt(0.8, "TD(lambda) mixing: 0 = TD(0), 1 = Monte-Carlo outcome return.")
-    n_step: int | None = opt(None, "Use the n-step target with this n instead of TD(lambda).")
-    gamma: float = opt(1.0, "Discount in (0, 1]; < 1 pulls early steps of long solutions down.")
-    td_mix: float | None = opt(
-        None, "alpha: target = alpha*TD + (1-alpha)*MC where MC labels exist."
     )
     hard: bool = opt(False, "MC labels as hard 0/1 (any continuation reached the answer).")
     target_refresh: int = opt(
@@ -277,23 +291,12 @@ class TrainPRMConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.data is not None, "--data is required")
-        _check(
-            self.loss in ("td", "mc", "truth", "outcome"),
-            f"--loss {self.loss}: expected td, mc, truth or outcome",
-        )
-        _check(0.0 <= self.td_lambda <= 1.0, f"--td-lambda {self.td_lambda}: must be in [0, 1]")
-        _check(0.0 < self.gamma <= 1.0, f"--gamma {self.gamma}: must be in (0, 1]")
-        _check(self.n_step is None or self.n_step >= 1, "--n-step must be >= 1")
-        _check(self.td_mix is None or 0.0 <= self.td_mix <= 1.0, "--td-mix must be in [0, 1]")
+        self.check_targets()
         _check(self.target_refresh >= 0, "--target-refresh must be >= 0")
-        for flag, given in (
-            ("--n-step", self.n_step is not None),
-            ("--td-mix", self.td_mix is not None),
-            ("--target-refresh", self.target_refresh > 0),
-        ):
-            _check(
-                not given or self.loss == "td", f"{flag} needs --loss td (got --loss {self.loss})"
-            )
+        _check(
+            self.target_refresh == 0 or self.loss == "td",
+            f"--target-refresh needs --loss td (got --loss {self.loss})",
+        )
         _check(self.batch_size > 0 and self.epochs > 0, "--batch-size and --epochs must be > 0")
         _check(self.learning_rate > 0, "--learning-rate must be > 0")
         _check(self.max_steps == -1 or self.max_steps > 0, "--max-steps must be > 0 (or -1)")
@@ -318,7 +321,7 @@ class TrainPRMConfig(RunConfig):
 
 
 @dataclass
-class RLConfig(RunConfig):
+class RLConfig(TargetOptions, RunConfig):
     """`tdrm rl`: GRPO (trl.GRPOTrainer) on the policy with verifier, PRM or PRM+verifier rewards."""
 
     policy: str | None = opt(
@@ -355,18 +358,15 @@ class RLConfig(RunConfig):
     )
     use_vllm: bool = opt(False, "Generate with vLLM (GPU only; passed to TRL's use_vllm).")
     grpo: list[str] = opt([], "Any other GRPOConfig setting as key=value, e.g. loss_type=dr_grpo.")
+    loss: str = opt("td", f"Target of --prm-update online: {loss_help(ONLINE_LOSSES)}.")
     prm_update: str = opt(
-        "off", "off, or online: TD(lambda) updates of the PRM on fresh rollouts (actor-critic)."
+        "off", "off, or online: the PRM learns --loss targets on fresh rollouts (actor-critic)."
     )
     prm_update_every: int = opt(
         10, "With --prm-update online: update the PRM every this many GRPO steps."
     )
     prm_learning_rate: float = opt(1e-4, "AdamW learning rate of the online PRM updates.")
     prm_batch_size: int = opt(16, "Solutions per online PRM gradient step.")
-    td_lambda: float = opt(
-        0.8, "TD(lambda) of the online PRM updates: 0 = TD(0), 1 = outcome return."
-    )
-    gamma: float = opt(1.0, "Discount of the online PRM updates, in (0, 1].")
     eval_every: int = opt(
         10, "Greedy pass@1 on held-out problems every this many steps (0: only at start and end)."
     )
@@ -421,8 +421,12 @@ class RLConfig(RunConfig):
             "--prm-update-every and --prm-batch-size must be > 0",
         )
         _check(self.prm_learning_rate > 0, "--prm-learning-rate must be > 0")
-        _check(0.0 <= self.td_lambda <= 1.0, f"--td-lambda {self.td_lambda}: must be in [0, 1]")
-        _check(0.0 < self.gamma <= 1.0, f"--gamma {self.gamma}: must be in (0, 1]")
+        self.check_targets(ONLINE_LOSSES)
+        _check(
+            self.prm_update == "online"
+            or (self.loss, self.n_step, self.td_mix) == ("td", None, None),
+            "--loss, --n-step and --td-mix need --prm-update online",
+        )
         _check(
             self.eval_every >= 0 and self.eval_problems >= 0,
             "--eval-every and --eval-problems must be >= 0",

@@ -1,82 +1,64 @@
-"""The PRM trainer: targets, collator and a `transformers.Trainer` subclass.
+"""The PRM trainer: the loss step, collator and a `transformers.Trainer` subclass.
 
 TRL 1.x ships no PRM trainer, so `PRMTrainer` subclasses `transformers.Trainer` with its
-own collator (`StepCollator`) and `compute_loss` (BCE of step values against detached
-targets, DESIGN.md section 4); accelerate/DeepSpeed, checkpoints, `resume_from_checkpoint`
-and `report_to` come from the library. Kept out of the stage module so other stages
-(e.g. online TD updates during RL) and the benchmarks can reuse it; the math is `td.py`.
+own collator (`StepCollator`) and `compute_loss` (`step_loss`: BCE of step values against
+detached targets, DESIGN.md section 4); accelerate/DeepSpeed, checkpoints,
+`resume_from_checkpoint` and `report_to` come from the library. Kept out of the stage
+module so the online PRM updates during RL (`rewards.OnlinePRMUpdate`) and the benchmarks
+reuse it; the targets are `targets.py`, the math is `td.py`.
 """
 
 from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from transformers import Trainer
 
 from tdrm_cli import td
 from tdrm_cli.prm import Encoded, pad_batch, step_logits
+from tdrm_cli.targets import Targets
 
-# ---------------------------------------------------------------- targets
-
-
-@dataclass
-class Targets:
-    """Which target each step is fit to; `__call__` picks the function from `TARGETS`."""
-
-    loss: str = "td"
-    gamma: float = 1.0
-    td_lambda: float = 0.8
-    n_step: int | None = None
-    td_mix: float | None = None
-    hard: bool = False
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> Targets:
-        """From a `TrainPRMConfig` (or anything with the same fields)."""
-        return cls(cfg.loss, cfg.gamma, cfg.td_lambda, cfg.n_step, cfg.td_mix, cfg.hard)
-
-    def td(self, values, terminal, mask):
-        """TD(lambda), or n-step when `n_step` is set; per-step rewards are 0, R = verdict."""
-        if self.n_step is not None:
-            return td.nstep_targets(values, None, terminal, mask, n=self.n_step, gamma=self.gamma)
-        return td.td_lambda_targets(
-            values, None, terminal, mask, gamma=self.gamma, lam=self.td_lambda
-        )
-
-    def __call__(self, values, batch: dict[str, Any]):
-        return TARGETS[self.loss](self, values, batch)
+# ---------------------------------------------------------------- the loss step
 
 
-def _td_target(spec: Targets, values, batch):
-    y = spec.td(values, batch["terminal"], batch["step_mask"])
-    if spec.td_mix is None:
-        return y
-    mc = td.mc_targets(batch["mc_labels"], batch["step_mask"], hard=spec.hard)
-    return td.mix_targets(y, mc, spec.td_mix, batch["step_mask"], mc_mask=batch["has_mc"])
+class StepLoss(NamedTuple):
+    loss: Any
+    """BCE of the step values against the targets, averaged over real steps."""
+    values: Any
+    """`[batch, steps]` step values (sigmoid of the head logits), with their gradient."""
+    targets: Any
+    """`[batch, steps]` detached targets."""
 
 
-def _mc_target(spec: Targets, values, batch):
-    return td.mc_targets(batch["mc_labels"], batch["step_mask"], hard=spec.hard)
+def step_loss(
+    model, batch: dict[str, Any], head: str, targets: Targets, bootstrap=None
+) -> StepLoss:
+    """The PRM loss of one `StepCollator` batch, for train-prm and for the online updates in rl.
+
+    Targets bootstrap from `bootstrap` (e.g. a frozen copy's values), by default from the
+    detached values themselves."""
+    import torch
+
+    logits = step_logits(model, batch, head).float()
+    values = torch.sigmoid(logits)
+    y = targets(values.detach() if bootstrap is None else bootstrap, batch)
+    return StepLoss(td.masked_bce_with_logits(logits, y, batch["step_mask"]), values, y)
 
 
-def _truth_target(spec: Targets, values, batch):
-    return td.truth_targets(batch["truth_labels"], batch["step_mask"])
-
-
-def _outcome_target(spec: Targets, values, batch):
-    return td.outcome_targets(batch["terminal"], batch["step_mask"])
-
-
-TARGETS: dict[str, Callable[[Targets, Any, dict[str, Any]], Any]] = {
-    "td": _td_target,
-    "mc": _mc_target,
-    "truth": _truth_target,
-    "outcome": _outcome_target,
-}
+def step_features(encoded: Encoded, terminal: float, mc_labels=None, truth_labels=None):
+    """One `StepCollator` item: an encoded rollout, its verdict and any step labels."""
+    return {
+        "input_ids": encoded.ids,
+        "step_index": encoded.ends,
+        "prompt_len": encoded.prompt_len,
+        "sep_tokens": encoded.sep_tokens,
+        "terminal": terminal,
+        "mc_labels": mc_labels,
+        "truth_labels": truth_labels,
+    }
 
 
 @dataclass
@@ -146,16 +128,8 @@ class PRMTrainer(Trainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        import torch
-
-        mask = inputs["step_mask"]
-        logits = step_logits(model, inputs, self.head).float()
-        values = torch.sigmoid(logits)
-        bootstrap = (
-            self._frozen_values(model, inputs) if self.target_model is not None else values.detach()
-        )
-        targets = self.targets(bootstrap, inputs)
-        loss = td.masked_bce_with_logits(logits, targets, mask)
+        frozen = self._frozen_values(model, inputs) if self.target_model is not None else None
+        loss, values, targets = step_loss(model, inputs, self.head, self.targets, frozen)
         if model.training:
             self._record(values.detach(), targets, inputs)
         return (loss, {"values": values}) if return_outputs else loss

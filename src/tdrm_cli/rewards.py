@@ -11,8 +11,8 @@ with one entry per completion, where `columns` are the dataset's other columns
 `rewards/prm/mean`; `--reward prm+rlvr` weights them with GRPO's `reward_weights`.
 
 `OnlinePRMUpdate` keeps the PRM reward learning while the policy trains
-(`--prm-update online`): TD(lambda) steps on fresh rollouts, the verifier's verdict as
-the terminal reward.
+(`--prm-update online`): train-prm's loss step (`prm_trainer.step_loss`) on fresh
+rollouts, the verifier's verdict as the terminal reward.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tdrm_cli import td
-from tdrm_cli.prm import pad_batch, step_logits
+from tdrm_cli.prm_trainer import StepCollator, step_features, step_loss
 from tdrm_cli.steps import DEFAULT_SEPARATOR, split_steps
+from tdrm_cli.targets import Targets
 from tdrm_cli.tasks import Problem, Task, grade
 from tdrm_cli.voting import aggregate
 
@@ -110,13 +111,14 @@ class PRMReward:
 
 
 class OnlinePRMUpdate(TrainerCallback):
-    """TD(lambda) updates of the PRM on the policy's fresh rollouts, verdict = terminal reward.
+    """PRM updates on the policy's fresh rollouts toward `targets`, verdict = terminal reward.
 
     The actor-critic loop: `observe` is the verifier's observer and buffers every verified
     completion. Every `every` GRPO steps the buffers of all ranks are gathered (so every
     rank's PRM copy takes the same steps) and the PRM takes one pass of minibatch steps over
-    them: BCE of the step values against detached TD(lambda) targets, as in train-prm. It
-    scores in eval mode in between. `state`/`load_state` carry it through checkpoints.
+    them: train-prm's `step_loss` on batches without MC labels or step truth (rollouts
+    carry only their verdict). It scores in eval mode in between. `state`/`load_state`
+    carry it through checkpoints.
     """
 
     def __init__(
@@ -125,15 +127,15 @@ class OnlinePRMUpdate(TrainerCallback):
         every: int,
         learning_rate: float,
         batch_size: int,
-        td_lambda: float,
-        gamma: float,
+        targets: Targets,
         seed: int = 0,
         writer: Any = None,
     ):
         import torch
 
         self.prm, self.every, self.batch_size = prm, every, batch_size
-        self.td_lambda, self.gamma, self.seed, self.writer = td_lambda, gamma, seed, writer
+        self.targets, self.seed, self.writer = targets, seed, writer
+        self.collate = StepCollator(prm.tokenizer.pad_token_id)
         self.optimizer = torch.optim.AdamW(
             prm.model.parameters(), lr=learning_rate, weight_decay=0.0
         )
@@ -158,28 +160,20 @@ class OnlinePRMUpdate(TrainerCallback):
                 self.writer.add_scalar(f"prm_online/{key}", stats[key], state.global_step)
 
     def update(self, rollouts: list[tuple[str, list[str], float]], seed: int) -> dict[str, Any]:
-        """One shuffled pass of TD(lambda) minibatch steps over `(question, steps, verdict)` rollouts."""
-        import torch
-
+        """One shuffled pass of minibatch steps over `(question, steps, verdict)` rollouts."""
         order = list(range(len(rollouts)))
         random.Random(seed).shuffle(order)
         losses, errors, means = [], [], []
         self.prm.model.train()
         for start in range(0, len(order), self.batch_size):
             chunk = [rollouts[i] for i in order[start : start + self.batch_size]]
-            encoded = [self.prm.encode(question, steps) for question, steps, _ in chunk]
-            batch = {
-                k: v.to(self.prm.device)
-                for k, v in pad_batch(encoded, self.prm.tokenizer.pad_token_id).items()
-            }
+            features = [
+                step_features(self.prm.encode(question, steps), verdict)
+                for question, steps, verdict in chunk
+            ]
+            batch = {k: v.to(self.prm.device) for k, v in self.collate(features).items()}
             mask = batch["step_mask"]
-            terminal = torch.tensor([verdict for _, _, verdict in chunk], device=self.prm.device)
-            logits = step_logits(self.prm.model, batch, self.prm.head)
-            values = torch.sigmoid(logits.float())
-            targets = td.td_lambda_targets(
-                values.detach(), None, terminal, mask, gamma=self.gamma, lam=self.td_lambda
-            )
-            loss = td.masked_bce_with_logits(logits.float(), targets, mask)
+            loss, values, targets = step_loss(self.prm.model, batch, self.prm.head, self.targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

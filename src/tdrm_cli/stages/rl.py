@@ -12,9 +12,10 @@ from the library) -> save (`model/`, `metrics.json`, `eval_curve.json` + PNG).
   see the same problems in the same order, and step s has seen s x `--batch-size` problems.
 - Data efficiency: greedy pass@1 on held-out (test split) problems at the start, every
   `--eval-every` steps and at the end -> `eval_curve.json` (problems seen vs accuracy).
-- `--prm-update online`: every `--prm-update-every` steps the PRM takes TD(lambda) steps on
-  the policy's fresh completions with the verifier verdict as terminal reward (the
-  actor-critic loop); the updated PRM is saved to `prm/` in the run folder.
+- `--prm-update online`: every `--prm-update-every` steps the PRM takes train-prm's loss
+  steps (`--loss td` or `outcome`, `--td-lambda`, `--n-step`, `--gamma`) on the policy's
+  fresh completions with the verifier verdict as terminal reward (the actor-critic loop);
+  the updated PRM is saved to `prm/` in the run folder.
 
 Multi-process: `accelerate launch -m tdrm_cli rl ...` on GPUs, `torchrun --nproc_per_node N
 -m tdrm_cli rl ...` on CPUs (DDP over gloo). `--batch-size` is global; every rank scores its
@@ -65,6 +66,7 @@ from tdrm_cli.steps import (
     read_policy_meta,
     split_steps,
 )
+from tdrm_cli.targets import Targets
 from tdrm_cli.tasks import Problem, Task, grade, load_task
 
 CURVE = "eval_curve.json"
@@ -428,7 +430,7 @@ def online_learner(cfg: RLConfig, prm: PRM | None, writer: Any) -> OnlinePRMUpda
         return None
     return OnlinePRMUpdate(
         prm, every=cfg.prm_update_every, learning_rate=cfg.prm_learning_rate, batch_size=cfg.prm_batch_size,
-        td_lambda=cfg.td_lambda, gamma=cfg.gamma, seed=cfg.seed, writer=writer,
+        targets=Targets.from_config(cfg), seed=cfg.seed, writer=writer,
     )  # fmt: skip
 
 

@@ -30,7 +30,7 @@ from tdrm_cli.prm import (
     load_value_model,
     prm_meta,
 )
-from tdrm_cli.prm_trainer import PRMTrainer, StepCollator, Targets
+from tdrm_cli.prm_trainer import PRMTrainer, StepCollator, step_features
 from tdrm_cli.runs import (
     Run,
     atomic_write_json,
@@ -41,6 +41,7 @@ from tdrm_cli.runs import (
 )
 from tdrm_cli.solutions import is_list, rollouts_table, row_problem
 from tdrm_cli.steps import read_policy_meta
+from tdrm_cli.targets import Targets
 from tdrm_cli.voting import AGGREGATIONS, aggregate
 
 REQUIRED_COLUMNS = ("problem_id", "prompt", "steps", "correct")
@@ -145,18 +146,8 @@ def encode_rows(prm: PRM, frame) -> list[dict[str, Any]]:
         frame["step_truth"],
         strict=True,
     ):
-        encoded = prm.encode(question, steps)
-        items.append(
-            {
-                "input_ids": encoded.ids,
-                "step_index": encoded.ends,
-                "prompt_len": encoded.prompt_len,
-                "sep_tokens": encoded.sep_tokens,
-                "terminal": float(correct),
-                "mc_labels": labels,
-                "truth_labels": truth if truth is not None and len(truth) == len(steps) else None,
-            }
-        )
+        truth = truth if truth is not None and len(truth) == len(steps) else None
+        items.append(step_features(prm.encode(question, steps), float(correct), labels, truth))
     return items
 
 
@@ -392,13 +383,7 @@ def run(cfg: TrainPRMConfig) -> Path:
     train_frame, eval_frame = split_by_problem(frame, cfg.eval_fraction, cfg.seed)
     if cfg.train_problems is not None:
         train_frame = first_problems(train_frame, cfg.train_problems, cfg.seed)
-    target = {
-        "td": f"TD(lambda={cfg.td_lambda})",
-        "mc": "MC labels",
-        "truth": "exact step truth (prefix-correct)",
-        "outcome": "outcome",
-    }[cfg.loss]
-    target = f"n-step n={cfg.n_step}" if cfg.n_step else target
+    target = Targets.from_config(cfg).label()
     with open_run("train-prm", cfg) as run:
         run.add_input("data", cfg.data)
         run.add_input("base", base_ref)
