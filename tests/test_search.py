@@ -9,16 +9,10 @@ import pytest
 
 from conftest import invoke
 from tdrm_cli.config import SearchConfig
-from tdrm_cli.stages.search import (
-    METHODS,
-    HFStepPolicy,
-    KVScorer,
-    OnePassScorer,
-    Prefix,
-    Step,
-    evaluate,
-    solution_rows,
-)
+from tdrm_cli.search.methods import METHODS, Prefix, Step
+from tdrm_cli.search.policy import HFStepPolicy
+from tdrm_cli.search.scoring import KVScorer, OnePassScorer
+from tdrm_cli.stages.search import evaluate, solution_rows
 from tdrm_cli.tasks import Problem
 from tdrm_cli.tasks.arith import ArithTask
 from test_bon import make_prm, one_line_error

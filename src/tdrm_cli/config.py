@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from tdrm_cli.errors import UsageError, first_line
+from tdrm_cli.search.methods import METHODS as SEARCH_METHODS  # the registry; no torch
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -489,9 +490,6 @@ class BonConfig(RunConfig):
         _check(self.batch_size > 0, "--batch-size must be > 0")
 
 
-SEARCH_METHODS = ("beam", "greedy", "dvts")
-
-
 @dataclass
 class SearchConfig(RunConfig):
     """`tdrm search`: step-level PRM-guided search (beam, greedy, DVTS)."""
@@ -503,7 +501,7 @@ class SearchConfig(RunConfig):
         [], "PRM: a train-prm run folder or PRM model folder; repeat for several PRMs."
     )
     method: list[str] = opt(
-        ["beam"], "Search method: beam, greedy, dvts, or all; repeat for several."
+        ["beam"], f"Search method: {', '.join(SEARCH_METHODS)}, or all; repeat for several."
     )
     task: str = opt(
         "arith", "Task spec: a name from the registry, options as name:key=val,key=val."
@@ -533,7 +531,7 @@ class SearchConfig(RunConfig):
         for method in self.method:
             _check(
                 method in (*SEARCH_METHODS, "all"),
-                f"--method {method}: expected beam, greedy, dvts or all",
+                f"--method {method}: expected {', '.join(SEARCH_METHODS)} or all",
             )
         _check(len(self.method) > 0, "--method needs at least one method")
         _check(self.split in ("train", "test"), f"--split {self.split}: expected train or test")
