@@ -244,7 +244,7 @@ def problems_to_reach(points: list[dict], target: float) -> int | None:
 
 
 def rl_section(run_dirs: list[str], out: Path) -> str:
-    from tdrm_cli.stages.rl import plot_eval_curves
+    from tdrm_cli.plots import rl_accuracy_vs_problems
 
     curves, rows = {}, []
     for run_dir in run_dirs:
@@ -267,7 +267,7 @@ def rl_section(run_dirs: list[str], out: Path) -> str:
         [label, start, end, seen, problems_to_reach(points, target)]
         for label, start, end, seen, points in rows
     ]
-    plot_eval_curves(curves, out / "rl_curves.png", "held-out pass@1 vs training problems seen")
+    rl_accuracy_vs_problems(curves, out / "rl_curves.png", "held-out pass@1 vs training problems seen")
     return (
         f"### RL: accuracy vs problems seen\n\nTarget for the last column: the final accuracy of "
         f"`{reference[0]}` ({target:.3f}).\n\n"
