@@ -7,7 +7,7 @@ whether the model stopped by itself). Backends are picked by name from `BACKENDS
 - `hf` (default): batched `model.generate` with left padding on the CPU or one GPU;
   every sampled batch is seeded from (`sampling.seed`, batch start), so a fixed seed and
   batch composition give the same text every time. `HFBackend.wrap` puts it on a model
-  already in memory (`tdrm rl` evaluates its policy in training that way).
+  already in memory (`tdrm sft` and `tdrm rl` evaluate their policy in training so).
 - `vllm` (optional extra `tdrm-cli[vllm]`, GPU only): vLLM's offline `LLM` engine with
   one seeded `SamplingParams` per sequence; vllm is imported only when it is chosen.
 """

@@ -42,7 +42,7 @@ class AccuracyCurve(TrainerCallback):
     points: list[dict[str, Any]] = field(default_factory=list)
 
     def correct(self, model) -> int:
-        """Greedy completions, prompts tokenized the way GRPOTrainer tokenizes them."""
+        """Right greedy answers on this rank's share (prompts tokenized as GRPOTrainer does)."""
         share = slice(rank(), None, world_size())
         completions = HFBackend.wrap(model, self.tokenizer).generate(
             self.prompts[share], Sampling(temperature=0.0, max_new_tokens=self.max_new_tokens)
