@@ -34,7 +34,9 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from tdrm_cli.config import SearchConfig
 from tdrm_cli.prm import PRM, load_tokenizer, load_value_model, prm_meta
-from tdrm_cli.stages.search import METHODS, HFStepPolicy, make_scorer
+from tdrm_cli.search.methods import METHODS
+from tdrm_cli.search.policy import HFStepPolicy
+from tdrm_cli.search.scoring import make_scorer
 from tdrm_cli.steps import read_policy_meta
 from tdrm_cli.tasks import load_task
 

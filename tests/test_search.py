@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -9,16 +10,11 @@ import pytest
 
 from conftest import invoke
 from tdrm_cli.config import SearchConfig
-from tdrm_cli.stages.search import (
-    METHODS,
-    HFStepPolicy,
-    KVScorer,
-    OnePassScorer,
-    Prefix,
-    Step,
-    evaluate,
-    solution_rows,
-)
+from tdrm_cli.errors import UsageError
+from tdrm_cli.search.methods import METHODS, Prefix, Step
+from tdrm_cli.search.policy import HFStepPolicy
+from tdrm_cli.search.scoring import KVScorer, OnePassScorer
+from tdrm_cli.stages.search import evaluate, solution_rows
 from tdrm_cli.tasks import Problem
 from tdrm_cli.tasks.arith import ArithTask
 from test_bon import make_prm, one_line_error
@@ -105,6 +101,21 @@ def test_depth_and_token_limits_end_solutions():
         (["a"], "token-budget"),
         (["b"], "token-budget"),
     ]
+
+
+def test_method_flag_reads_the_registry():
+    """`--method` takes the registry's names (or all), its help lists them, and the
+    registry is importable without torch (config.py imports it for `tdrm --help`)."""
+    import subprocess
+    import sys
+
+    assert SearchConfig(policy="p", prm=["q"], method=["all"]).methods == list(METHODS)
+    (method,) = [f for f in dataclasses.fields(SearchConfig) if f.name == "method"]
+    assert all(name in method.metadata["help"] for name in METHODS)
+    with pytest.raises(UsageError, match=", ".join(METHODS)):
+        SearchConfig(policy="p", prm=["q"], method=["nope"])
+    code = "import sys, tdrm_cli.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 # ---------------------------------------------------------------- the HF step generator

@@ -20,6 +20,7 @@ import yaml
 
 from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.generation import BACKENDS
+from tdrm_cli.search.methods import METHODS as SEARCH_METHODS  # the registry; no torch
 from tdrm_cli.targets import ONLINE_LOSSES, TARGETS, loss_help, loss_refused
 from tdrm_cli.tasks import FILE_SUFFIXES, TASKS
 from tdrm_cli.voting import AGGREGATIONS, VOTES
@@ -495,9 +496,6 @@ class BonConfig(RunConfig):
         _check(self.batch_size > 0, "--batch-size must be > 0")
 
 
-SEARCH_METHODS = ("beam", "greedy", "dvts")
-
-
 @dataclass
 class SearchConfig(RunConfig):
     """`tdrm search`: step-level PRM-guided search (beam, greedy, DVTS)."""
@@ -509,7 +507,7 @@ class SearchConfig(RunConfig):
         [], "PRM: a train-prm run folder or PRM model folder; repeat for several PRMs."
     )
     method: list[str] = opt(
-        ["beam"], "Search method: beam, greedy, dvts, or all; repeat for several."
+        ["beam"], f"Search method: {', '.join(SEARCH_METHODS)}, or all; repeat for several."
     )
     task: str = opt("arith", TASK_HELP)
     split: str = opt("test", f"Which problems to solve: {listed(SPLITS)}.")
@@ -537,7 +535,7 @@ class SearchConfig(RunConfig):
         for method in self.method:
             _check(
                 method in (*SEARCH_METHODS, "all"),
-                f"--method {method}: expected beam, greedy, dvts or all",
+                f"--method {method}: expected {', '.join(SEARCH_METHODS)} or all",
             )
         _check(len(self.method) > 0, "--method needs at least one method")
         _one_of(self.split, SPLITS, "--split")

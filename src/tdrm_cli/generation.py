@@ -5,8 +5,9 @@ for every prompt, `sampling.n` completions (text without the stop token, token c
 whether the model stopped by itself). Backends are picked by name from `BACKENDS`:
 
 - `hf` (default): batched `model.generate` with left padding on the CPU or one GPU;
-  every batch is seeded from (`sampling.seed`, batch start), so a fixed seed and batch
-  composition give the same text every time.
+  every sampled batch is seeded from (`sampling.seed`, batch start), so a fixed seed and
+  batch composition give the same text every time. `HFBackend.wrap` puts it on a model
+  already in memory (`tdrm sft` and `tdrm rl` evaluate their policy in training so).
 - `vllm` (optional extra `tdrm-cli[vllm]`, GPU only): vLLM's offline `LLM` engine with
   one seeded `SamplingParams` per sequence; vllm is imported only when it is chosen.
 """
@@ -92,6 +93,14 @@ def model_load_errors(where: str) -> Iterator[None]:
         ) from None
 
 
+def sampling_kwargs(temperature: float, top_p: float) -> dict[str, Any]:
+    """`model.generate` sampling arguments: greedy at temperature <= 0, else nucleus
+    sampling with top-k off."""
+    if temperature <= 0:
+        return dict(do_sample=False)
+    return dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+
+
 def _group(flat: list[Completion], n: int) -> list[list[Completion]]:
     return [flat[i : i + n] for i in range(0, len(flat), n)]
 
@@ -153,12 +162,25 @@ class HFBackend:
             model = AutoModelForCausalLM.from_pretrained(
                 model_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **safe
             )
-        self.model = model.to(device)
-        self.model.eval()
-        self.device = device
-        self.batch_size = batch_size
+        self._use(model.to(device).eval(), device, batch_size)
+
+    @classmethod
+    def wrap(cls, model: Any, tokenizer: Any, batch_size: int = 64) -> HFBackend:
+        """A backend on a model already in memory, such as the policy a trainer is updating:
+        the model keeps its device and mode, and prompts are tokenized the way TRL's
+        trainers tokenize them (special tokens always added), so it sees what training sees."""
+        backend = cls.__new__(cls)
+        backend.tokenizer = tokenizer
+        backend._use(model, next(model.parameters()).device, batch_size)
+        backend.add_special_tokens = True
+        return backend
+
+    def _use(self, model: Any, device: Any, batch_size: int) -> None:
+        self.model, self.device, self.batch_size = model, device, batch_size
         self.stop_ids = self._stop_ids()
         self.context: int | None = getattr(model.config, "max_position_embeddings", None)
+        self.add_special_tokens: bool | None = None
+        """None: add them unless every prompt of a batch starts with the BOS already."""
 
     def _stop_ids(self) -> list[int]:
         """The tokenizer's EOS plus the model's own (chat models often end turns with another id)."""
@@ -170,9 +192,15 @@ class HFBackend:
     def _encode(self, batch: list[str]):
         # Chat templates usually write the BOS themselves; adding another shifts the model off-distribution.
         bos = self.tokenizer.bos_token
-        add_special = not (bos and all(p.startswith(bos) for p in batch))
+        add_special = self.add_special_tokens
+        if add_special is None:
+            add_special = not (bos and all(p.startswith(bos) for p in batch))
         return self.tokenizer(
-            batch, return_tensors="pt", padding=True, add_special_tokens=add_special
+            batch,
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",  # a wrapped trainer's tokenizer may pad on the right
+            add_special_tokens=add_special,
         ).to(self.device)
 
     def generate(
@@ -182,14 +210,7 @@ class HFBackend:
         import torch
 
         flat = [p for p in prompts for _ in range(sampling.n)]
-        greedy = sampling.temperature <= 0
-        kwargs = (
-            dict(do_sample=False)
-            if greedy
-            else dict(
-                do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0
-            )
-        )
+        kwargs = sampling_kwargs(sampling.temperature, sampling.top_p)
         results: list[Completion] = []
         for start in range(0, len(flat), self.batch_size):
             batch = flat[start : start + self.batch_size]
@@ -199,8 +220,11 @@ class HFBackend:
                     f"a prompt of {enc['input_ids'].shape[1]} tokens is longer than the "
                     f"policy's context of {self.context} tokens (shorten the problem text)"
                 )
-            torch.manual_seed(sampling.seed * 1_000_003 + start)
-            with torch.inference_mode():
+            if kwargs["do_sample"]:  # greedy draws nothing: a trainer's RNG stays as it was
+                torch.manual_seed(sampling.seed * 1_000_003 + start)
+            # no_grad, not inference_mode: a wrapped model in training must not get inference
+            # tensors in its buffers (its next backward would fail on them)
+            with torch.no_grad():
                 out = self.model.generate(
                     **enc,
                     max_new_tokens=sampling.max_new_tokens,

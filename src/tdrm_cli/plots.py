@@ -1,4 +1,5 @@
-"""PNG plots of search results (matplotlib, Agg backend: no display needed)."""
+"""Every PNG tdrm writes: Best-of-N, search, RL and value-trajectory plots (matplotlib,
+Agg backend: no display needed)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def search_accuracy_vs_tokens(rows: list[dict[str, Any]], path: Path, title: str
     from matplotlib.ticker import LogFormatter
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    markers = {"beam": "o", "greedy": "s", "dvts": "^"}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    markers = {method: "os^Dv<>P*X"[i % 10] for i, method in enumerate(methods)}
     prms = list(dict.fromkeys(r["prm"] for r in rows))
     colors = {prm: f"C{i}" for i, prm in enumerate(prms)}
     for prm in prms:  # a thin line per PRM through its methods, cheapest first
@@ -84,7 +86,7 @@ def search_accuracy_vs_tokens(rows: list[dict[str, Any]], path: Path, title: str
         ax.scatter(
             r["tokens_per_problem"],
             r["accuracy"],
-            marker=markers.get(r["method"], "x"),
+            marker=markers[r["method"]],
             color=colors[r["prm"]],
             s=60,
             label=f"{r['method']} / {r['prm']}",
@@ -97,6 +99,65 @@ def search_accuracy_vs_tokens(rows: list[dict[str, Any]], path: Path, title: str
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def rl_accuracy_vs_problems(
+    curves: dict[str, list[dict[str, Any]]], path: Path, title: str
+) -> Path:
+    """Held-out greedy pass@1 against training problems seen, one line per run (label -> points)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in curves.items():
+        points = sorted(points, key=lambda p: p["problems_seen"])
+        xs, ys = [p["problems_seen"] for p in points], [p["accuracy"] for p in points]
+        ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    ax.set(
+        xlabel="training problems seen",
+        ylabel="held-out greedy pass@1",
+        ylim=(-0.02, 1.02),
+        title=title,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def value_trajectories(trajectories: dict, path: Path, limit: int = 25) -> Path:
+    """V(s_t) along correct and wrong solutions, one panel per PRM, with per-step means."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, len(trajectories), figsize=(5.5 * len(trajectories), 4), squeeze=False, sharey=True
+    )
+    for ax, (name, (values, correct)) in zip(axes[0], trajectories.items(), strict=True):
+        for label, color, want in (("correct", "tab:green", 1), ("wrong", "tab:red", 0)):
+            group = [v for v, c in zip(values, correct, strict=True) if c == want]
+            for v in group[:limit]:
+                ax.plot(range(1, len(v) + 1), v, color=color, alpha=0.15, linewidth=0.8)
+            depth = max((len(v) for v in group), default=0)
+            means = [
+                sum(v[t] for v in group if len(v) > t) / max(sum(len(v) > t for v in group), 1)
+                for t in range(depth)
+            ]
+            if means:
+                ax.plot(
+                    range(1, depth + 1),
+                    means,
+                    color=color,
+                    linewidth=2.5,
+                    label=f"{label} solutions (mean)",
+                )
+        ax.set(title=f"PRM {name}", xlabel="step t", ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("V(s_t)")
+    fig.suptitle("value trajectories along sampled solutions")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -11,7 +11,8 @@ from the library) -> save (`model/`, `metrics.json`, `eval_curve.json` + PNG).
   and fed in that order (TRL's own shuffle is off). Runs with different rewards therefore
   see the same problems in the same order, and step s has seen s x `--batch-size` problems.
 - Data efficiency: greedy pass@1 on held-out (test split) problems at the start, every
-  `--eval-every` steps and at the end -> `eval_curve.json` (problems seen vs accuracy).
+  `--eval-every` steps and at the end -> `eval_curve.json` (problems seen vs accuracy;
+  `rl_callbacks.AccuracyCurve`).
 - `--prm-update online`: every `--prm-update-every` steps the PRM takes train-prm's loss
   steps (`--loss td` or `outcome`, `--td-lambda`, `--n-step`, `--gamma`) on the policy's
   fresh completions with the verifier verdict as terminal reward (the actor-critic loop);
@@ -25,18 +26,15 @@ own completions and only rank 0 writes the run folder.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
 import shutil
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
+from tdrm_cli import plots
 from tdrm_cli.checkpoints import (
     NoFinalCheckpoint,
     StepCounter,
@@ -50,6 +48,7 @@ from tdrm_cli.console import console, log
 from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.prm import PRM, load_prm
 from tdrm_cli.rewards import OnlinePRMUpdate, PRMReward, VerifierReward
+from tdrm_cli.rl_callbacks import CURVE, ONLINE_PRM_STATE, AccuracyCurve, SaveCritic, resume_state
 from tdrm_cli.runs import (
     Run,
     atomic_write_json,
@@ -64,14 +63,11 @@ from tdrm_cli.steps import (
     POLICY_META,
     build_prompt,
     read_policy_meta,
-    split_steps,
 )
 from tdrm_cli.targets import Targets
-from tdrm_cli.tasks import Problem, Task, grade, load_task
+from tdrm_cli.tasks import Problem, Task, load_task
 
-CURVE = "eval_curve.json"
 CURVE_PNG = "eval_curve.png"
-ONLINE_PRM_STATE = "online_prm.pt"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -259,169 +255,6 @@ def reporting(cfg: RLConfig, run: Run):
     return wanted or ["none"], callbacks, writer
 
 
-# ---------------------------------------------------------------- held-out accuracy
-
-
-def greedy_texts(
-    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64
-) -> list[str]:
-    """Greedy completions, prompts tokenized the way GRPOTrainer tokenizes them."""
-    import torch
-
-    eos = model.generation_config.eos_token_id
-    stop = [
-        i
-        for i in dict.fromkeys([tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])])
-        if i is not None
-    ]
-    device = next(model.parameters()).device
-    texts = []
-    for start in range(0, len(prompts), batch_size):
-        ids = [tokenizer(text=p)["input_ids"] for p in prompts[start : start + batch_size]]
-        width = max(len(i) for i in ids)
-        input_ids = torch.tensor(
-            [[tokenizer.pad_token_id] * (width - len(i)) + i for i in ids], device=device
-        )
-        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=device)
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=stop,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    return texts
-
-
-@dataclass(eq=False)  # callbacks are compared by identity
-class AccuracyCurve(TrainerCallback):
-    """Greedy pass@1 on held-out problems at the start, every `every` steps and at the end.
-
-    Each rank evaluates its share of the problems and the counts are gathered. Rank 0
-    rewrites `path` after every point, so a killed run keeps its curve for `--resume`.
-    """
-
-    task: Task
-    tokenizer: Any
-    problems: list[Problem]
-    prompts: list[str]
-    separator: str
-    max_new_tokens: int
-    every: int
-    per_step: float
-    path: Path | None
-    writer: Any = None
-    points: list[dict[str, Any]] = field(default_factory=list)
-
-    def correct(self, model) -> int:
-        share = slice(rank(), None, world_size())
-        texts = greedy_texts(model, self.tokenizer, self.prompts[share], self.max_new_tokens)
-        return sum(
-            grade(self.task, p, split_steps(text, self.separator))[1]
-            for p, text in zip(self.problems[share], texts, strict=True)
-        )
-
-    def point(self, step: int, model) -> None:
-        from accelerate.utils import gather_object
-
-        if any(p["step"] == step for p in self.points):
-            return
-        model = getattr(model, "module", model)
-        was_training = model.training
-        model.eval()
-        accuracy = sum(gather_object([self.correct(model)])) / len(self.problems)
-        model.train(was_training)
-        seen = round(step * self.per_step)
-        self.points.append({"step": step, "problems_seen": seen, "accuracy": round(accuracy, 4)})
-        if self.writer is not None:
-            self.writer.add_scalar("eval/pass@1", accuracy, step)
-            self.writer.add_scalar("eval/pass@1_by_problems_seen", accuracy, seen)
-        if self.path is not None:
-            atomic_write_json(
-                self.path, {"eval_problems": len(self.problems), "points": self.points}
-            )
-        log(f"step {step}: held-out greedy pass@1 {accuracy:.3f} after {seen} problems")
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if not self.points:  # a resumed run has its early points (global_step is not restored yet)
-            self.point(0, model)
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.every and state.global_step % self.every == 0:
-            self.point(state.global_step, model)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.point(state.global_step, model)
-
-
-def plot_eval_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
-    """Held-out greedy pass@1 against training problems seen, one line per run (label -> points)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, points in curves.items():
-        points = sorted(points, key=lambda p: p["problems_seen"])
-        xs, ys = [p["problems_seen"] for p in points], [p["accuracy"] for p in points]
-        ax.plot(xs, ys, marker="o", markersize=3, label=label)
-    ax.set(
-        xlabel="training problems seen",
-        ylabel="held-out greedy pass@1",
-        ylim=(-0.02, 1.02),
-        title=title,
-    )
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-# ---------------------------------------------------------------- run folder, checkpoints
-
-
-class SaveCritic(TrainerCallback):
-    """Puts the online PRM (weights, optimizer, history) into every checkpoint, for --resume."""
-
-    def __init__(self, learner: OnlinePRMUpdate):
-        self.learner = learner
-
-    def on_save(self, args, state, control, **kwargs):
-        import torch
-
-        if rank() == 0:
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            torch.save(self.learner.state(), checkpoint / ONLINE_PRM_STATE)
-
-
-def resume_state(run: Run, checkpoint: Path | None, learner: OnlinePRMUpdate | None) -> list[dict]:
-    """Restore the online PRM from `checkpoint`; the curve's points up to it (later ones are redone)."""
-    import torch
-
-    if checkpoint is None:
-        return []
-    if learner is not None:
-        learner.load_state(
-            torch.load(
-                checkpoint / ONLINE_PRM_STATE, map_location=learner.prm.device, weights_only=True
-            )
-        )
-    if not (run.path / CURVE).is_file():
-        return []
-    step = int(checkpoint.name.rsplit("-", 1)[1])
-    return [
-        p
-        for p in json.loads((run.path / CURVE).read_text(encoding="utf-8"))["points"]
-        if p["step"] <= step
-    ]
-
-
 # ---------------------------------------------------------------- train, save
 
 
@@ -563,7 +396,7 @@ def finish(cfg: RLConfig, run: Run, trainer, result, curve: AccuracyCurve | None
         metrics["prm_updates"] = learner.history
     if curve is not None and curve.points:
         label = cfg.reward if cfg.reward == "rlvr" else f"{cfg.reward} ({Path(cfg.prm).name})"
-        plot_eval_curves(
+        plots.rl_accuracy_vs_problems(
             {label: curve.points}, run.path / CURVE_PNG, f"tdrm rl on {cfg.task}: held-out accuracy"
         )
         metrics.update(

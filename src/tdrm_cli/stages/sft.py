@@ -123,25 +123,19 @@ def pad_collator(pad_id: int):
 
 def greedy_pass1(model: Any, tokenizer: Any, task: Task, problems: list[Problem]) -> float:
     """Greedy pass@1 of an in-memory policy on `problems` (one batch)."""
-    import torch
+    from tdrm_cli.generation import HFBackend, Sampling
 
     prompts = [PROMPT_TEMPLATE.format(question=p.question) for p in problems]
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation pads on the left
-    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
-    tokenizer.padding_side = side  # the tokenizer is saved with the model afterwards
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        out = model.generate(
-            **enc,
-            do_sample=False,
-            max_new_tokens=96,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+    completions = HFBackend.wrap(model, tokenizer, batch_size=max(len(prompts), 1)).generate(
+        prompts, Sampling(temperature=0.0, max_new_tokens=96)
+    )
     model.train(was_training)
-    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    right = [grade(task, p, split_steps(t))[1] for p, t in zip(problems, texts, strict=True)]
+    right = [
+        grade(task, p, split_steps(c[0].text))[1]
+        for p, c in zip(problems, completions, strict=True)
+    ]
     return sum(right) / len(right)
 
 
