@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import os
+from typing import NoReturn
 
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+def needs(available: bool, reason: str):
+    """`skipif` for an optional dependency, except under CI=true: there the test runs (and
+    fails on the missing dependency), so CI cannot pass with a part of the suite skipped."""
+    return pytest.mark.skipif(not available and not IN_CI, reason=reason)
+
+
+def missing(reason: str) -> NoReturn:
+    """Inside a test: skip for a missing optional dependency; under CI=true, fail."""
+    if IN_CI:
+        pytest.fail(f"{reason} (under CI=true a missing dependency fails)")
+    pytest.skip(reason)
 
 
 def invoke(*args: str):

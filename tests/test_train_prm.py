@@ -20,7 +20,7 @@ from test_prm import make_tiny_base
 # ---------------------------------------------------------------- a synthetic collect run
 
 
-def corrupt(task: ArithTask, problem, rng: random.Random) -> list[str]:
+def corrupt(task: ArithTask, problem, rng: random.Random, cut: bool = True) -> list[str]:
     """The reference solution with one wrong result; later steps carry the error on."""
     start, ops = problem.extra["start"], problem.extra["ops"]
     wrong_at = rng.randrange(len(ops) + 1)  # == len(ops): only the answer is wrong
@@ -33,7 +33,7 @@ def corrupt(task: ArithTask, problem, rng: random.Random) -> list[str]:
         value = result
     answer = value + (rng.choice([-2, -1, 1, 2]) if wrong_at == len(ops) else 0)
     steps.append(f"answer {answer}")
-    if rng.random() < 0.2:
+    if cut and rng.random() < 0.2:
         steps = steps[: rng.randint(1, len(steps) - 1)]  # cut off before the answer
     return steps
 
@@ -48,9 +48,16 @@ def simulated_mc_labels(truth: list[int], rng: random.Random) -> list[float]:
 
 
 def make_collect_run(
-    path: Path, policy: Path, problems: int = 16, n: int = 4, seed: int = 0, mc: bool = True
+    path: Path,
+    policy: Path,
+    problems: int = 16,
+    n: int = 4,
+    seed: int = 0,
+    mc: bool = True,
+    cut: bool = True,
 ) -> Path:
-    """A complete collect run folder holding realistic arith rollouts."""
+    """A complete collect run folder holding realistic arith rollouts (`cut=False`: every
+    rollout keeps all its steps, so all have the same number)."""
     import pandas as pd
 
     task, rng = ArithTask(ops=3), random.Random(seed)
@@ -58,7 +65,9 @@ def make_collect_run(
     for problem in task.problems("train", problems):
         for k in range(n):
             steps = (
-                corrupt(task, problem, rng) if rng.random() < 0.5 else task.reference_steps(problem)
+                corrupt(task, problem, rng, cut)
+                if rng.random() < 0.5
+                else task.reference_steps(problem)
             )
             truth = task.step_truth(problem, steps)
             answer = task.extract_answer(steps)
@@ -515,9 +524,12 @@ def test_collator_and_targets_agree_with_td():
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes(data, tmp_path):
+def test_ddp_two_cpu_processes(tiny_base, tmp_path):
     from tdrm_cli.prm import load_prm
 
+    # Equal step counts per rollout, so the mean of the two ranks' per-batch losses is the
+    # loss of their union and one process on the same global batch takes the same steps.
+    data = make_collect_run(tmp_path / "collect", tiny_base, cut=False)
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     torchrun = Path(sys.executable).parent / "torchrun"
@@ -551,6 +563,25 @@ def test_ddp_two_cpu_processes(data, tmp_path):
     assert metrics["train_steps"] == 6 and metrics["train_rows"] == 48
     assert read_manifest(out)["status"] == "complete"
     assert len(load_prm(out).score(["1+2"], [["1+2=3", "answer 3"]])[0]) == 2
+    # One process on the same global batch of 8: the two ranks' gradients average to the full
+    # batch's, so the weights agree up to float noise.
+    single = tmp_path / "single"
+    args = cmd[cmd.index("train-prm") :]
+    args[args.index("--out") + 1] = str(single)
+    one = subprocess.run([sys.executable, "-m", "tdrm_cli", *args], env=env, capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-4000:]
+    gap = weight_gap(out, single)
+    assert gap < 1e-5, gap
+
+
+def weight_gap(run: Path, other: Path) -> float:
+    """Largest |difference| between the `model/` weights of two runs (same tensor names)."""
+    from safetensors.torch import load_file
+
+    a, b = (load_file(next((r / "model").glob("*.safetensors"))) for r in (run, other))
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 def test_likelihood_head_end_to_end_and_refusals(tiny_collect, tmp_path):

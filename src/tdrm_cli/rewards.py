@@ -155,9 +155,16 @@ class OnlinePRMUpdate(TrainerCallback):
         self.buffer = []
         if rollouts:
             stats = self.update(rollouts, seed=self.seed + state.global_step)
+            # Every rank took the same steps on the same rollouts: its copy must be the same.
+            prints = gather_object([self.fingerprint()])
+            stats["rank_spread"] = max(prints) - min(prints)
             self.history.append({"step": state.global_step, **stats})
             for key in ("loss", "td_error", "mean_value") if self.writer else ():
                 self.writer.add_scalar(f"prm_online/{key}", stats[key], state.global_step)
+
+    def fingerprint(self) -> float:
+        """A cheap digest of the PRM's weights (their sum, in float64), compared across ranks."""
+        return sum(float(p.detach().double().sum()) for p in self.prm.model.parameters())
 
     def update(self, rollouts: list[tuple[str, list[str], float]], seed: int) -> dict[str, Any]:
         """One shuffled pass of minibatch steps over `(question, steps, verdict)` rollouts."""
