@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import inspect
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import typer
 from tdrm_cli import __version__, config
 from tdrm_cli.errors import UsageError, first_line, one_line
 from tdrm_cli.runs import rank
+from tdrm_cli.stages import STAGES, Stage
 
 app = typer.Typer(
     name="tdrm",
@@ -28,37 +28,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-# command name -> (config class, stage module, one-line help)
-STAGES: dict[str, tuple[type, str, str]] = {
-    "sft": (config.SFTConfig, "sft", "Train the tiny from-scratch policy on a built-in task."),
-    "collect": (
-        config.CollectConfig,
-        "collect",
-        "Sample policy rollouts with verdicts, MC step labels and step truth.",
-    ),
-    "train-prm": (
-        config.TrainPRMConfig,
-        "train_prm",
-        "Train a PRM on collected rollouts with TD, n-step, MC, exact-truth or outcome targets.",
-    ),
-    "bon": (
-        config.BonConfig,
-        "bon",
-        "Best-of-N: accuracy vs N for every PRM x aggregation x vote, with majority and pass@N.",
-    ),
-    "search": (
-        config.SearchConfig,
-        "search",
-        "Step-level PRM-guided search (beam, greedy, DVTS): accuracy vs generated tokens.",
-    ),
-    "rl": (config.RLConfig, "rl", "GRPO on the policy with verifier, PRM or PRM+verifier rewards."),
-    "eval": (
-        config.EvalConfig,
-        "eval",
-        "Policy and PRM metrics plus report.md of bon / search / rl runs.",
-    ),
-}
 
 
 def fail(message: str) -> None:
@@ -107,7 +76,8 @@ def typing_list(annotation: Any) -> bool:
     return getattr(annotation, "__origin__", None) is list
 
 
-def stage_command(name: str, cfg_cls: type, module: str, help_text: str) -> None:
+def stage_command(name: str, stage: Stage) -> None:
+    cfg_cls, help_text = stage.config, stage.help
     hints = config.resolved_types(cfg_cls)
 
     def command(**kwargs: Any) -> None:
@@ -115,7 +85,6 @@ def stage_command(name: str, cfg_cls: type, module: str, help_text: str) -> None
         try:
             values = config.load_yaml(config_file) if config_file else {}
             cfg = config.build_config(cfg_cls, values, kwargs, source=str(config_file))
-            stage = importlib.import_module(f"tdrm_cli.stages.{module}")
             with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the run path
                 path = stage.run(cfg)
         except UsageError as e:
@@ -151,8 +120,8 @@ def stage_command(name: str, cfg_cls: type, module: str, help_text: str) -> None
     app.command(name, help=help_text)(command)
 
 
-for _name, (_cls, _module, _help) in STAGES.items():
-    stage_command(_name, _cls, _module, _help)
+for _name, _stage in STAGES.items():
+    stage_command(_name, _stage)
 
 
 @app.command("serve")

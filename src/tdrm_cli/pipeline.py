@@ -15,7 +15,6 @@ running the same recipe twice costs nothing the second time.
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from tdrm_cli.console import console
 from tdrm_cli.errors import UsageError
 from tdrm_cli.report import key_metric
 from tdrm_cli.runs import FolderLock, atomic_write_json, is_run_dir, make_folder, read_manifest
+from tdrm_cli.stages import STAGES
 
 RECIPE_KEYS = {"root", "seed", "stages", "description"}
 STEP_KEYS = {"name", "stage", "args"}
@@ -52,8 +52,6 @@ def load_recipe(
     path: str | Path, root: str | Path | None = None, seed: int | None = None
 ) -> Recipe:
     """Parse and validate a recipe: known keys, known stages, unique names, valid @refs and configs."""
-    from tdrm_cli.cli import STAGES
-
     path = Path(path)
     data = config.load_yaml(path)
     unknown = set(data) - RECIPE_KEYS
@@ -126,9 +124,7 @@ def _resolve(value: Any, root: Path) -> Any:
 
 
 def build_step_config(recipe: Recipe, step: Step, resume: bool = False) -> Any:
-    from tdrm_cli.cli import STAGES
-
-    cls = STAGES[step.stage][0]
+    cls = STAGES[step.stage].config
     args = {key: _resolve(value, recipe.root) for key, value in step.args.items()}
     args.setdefault("seed", recipe.seed)
     args.update(out=str(recipe.root / step.name), resume=resume, overwrite=False)
@@ -175,8 +171,6 @@ def run_pipeline(recipe: Recipe, only: list[str] | None = None) -> Path:
 
 
 def _run_steps(recipe: Recipe, only: list[str] | None) -> Path:
-    from tdrm_cli.cli import STAGES
-
     timings: dict[str, float] = {}
     for step in recipe.steps:
         if only and step.name not in only:
@@ -188,9 +182,8 @@ def _run_steps(recipe: Recipe, only: list[str] | None) -> Path:
             continue
         cfg = build_step_config(recipe, step, resume=status in ("running", "failed"))
         console.rule(f"{step.name} ({step.stage}{', resuming' if cfg.resume else ''})")
-        module = importlib.import_module(f"tdrm_cli.stages.{STAGES[step.stage][1]}")
         start = time.perf_counter()
-        module.run(cfg)
+        STAGES[step.stage].run(cfg)
         timings[step.name] = round(time.perf_counter() - start, 1)
     summary = summarize(recipe, timings)
     atomic_write_json(recipe.root / "pipeline.json", summary)
