@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tdrm_cli.config import dump_yaml, shown
-from tdrm_cli.errors import JSON_ERRORS, UsageError
+from tdrm_cli.errors import JSON_ERRORS, UsageError, error_line
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
@@ -243,10 +243,7 @@ class Run:
         self.save_manifest()
 
     def fail(self, error: BaseException) -> None:
-        message = str(error).splitlines()[0] if str(error) else ""
-        self.manifest.update(
-            status="failed", finished=now(), error=f"{type(error).__name__}: {message}"
-        )
+        self.manifest.update(status="failed", finished=now(), error=error_line(error))
         self.save_manifest()
 
     def release(self) -> None:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tdrm_cli import __version__
-from tdrm_cli.errors import UsageError, check_text
+from tdrm_cli.errors import UsageError, check_text, error_line
 from tdrm_cli.steps import build_prompt, split_steps
 
 REWARDS = ("prm", "prm+rlvr")
@@ -516,10 +516,7 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return JSONResponse(
-            {"detail": f"internal error: {type(exc).__name__}: {first}"}, status_code=500
-        )
+        return JSONResponse({"detail": f"internal error: {error_line(exc)}"}, status_code=500)
 
     def answer(content: dict[str, Any]) -> Response:
         # json.dumps straight to bytes: FastAPI's response-model encoding of these plain

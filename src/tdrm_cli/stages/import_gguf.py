@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 from tdrm_cli.console import log
-from tdrm_cli.errors import UsageError
+from tdrm_cli.errors import UsageError, error_line
 from tdrm_cli.runs import atomic_write_json, now, save_model, versions
 
 IMPORT_META = "tdrm_import.json"
@@ -106,9 +106,8 @@ def convert(gguf_path: Path, out: Path) -> None:
         )
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except Exception as e:  # a truncated or foreign file, an architecture transformers lacks
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise UsageError(
-            f"{gguf_path}: transformers cannot load this GGUF ({type(e).__name__}: {first})"
+            f"{gguf_path}: transformers cannot load this GGUF ({error_line(e)})"
         ) from None
     config = loaded.config
     if hasattr(config, "quantization_config"):
