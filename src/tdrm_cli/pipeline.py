@@ -20,17 +20,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from tdrm_cli import config
-from tdrm_cli.console import console
 from tdrm_cli.errors import UsageError
-from tdrm_cli.report import key_metric
-from tdrm_cli.runs import FolderLock, atomic_write_json, is_run_dir, make_folder, read_manifest
+from tdrm_cli.locks import FolderLock
+from tdrm_cli.runs import atomic_write_json, is_run_dir, make_folder, read_manifest
 from tdrm_cli.stages import STAGES
 
 RECIPE_KEYS = {"root", "seed", "stages", "description"}
 STEP_KEYS = {"name", "stage", "args"}
+
+
+@dataclass
+class PipelineConfig:
+    """`tdrm pipeline RECIPE`: the recipe to run, and what to override in it."""
+
+    recipe: Path | None = config.opt(
+        None, "Recipe YAML: stages, their options, @name references.", argument=True, required=True
+    )
+    root: Path | None = config.opt(
+        None, "Folder for the stage run folders (default: the recipe's root)."
+    )
+    seed: int | None = config.opt(None, "Seed for every stage (default: the recipe's seed).")
+    only: list[str] = config.opt([], "Run only these stage names.")
+
+
+def run(cfg: PipelineConfig) -> Path:
+    """Load and check the whole recipe, then run its stages; returns the recipe's root."""
+    recipe = load_recipe(cfg.recipe, root=cfg.root, seed=cfg.seed)
+    return run_pipeline(recipe, only=cfg.only or None)
 
 
 @dataclass
@@ -171,6 +188,8 @@ def run_pipeline(recipe: Recipe, only: list[str] | None = None) -> Path:
 
 
 def _run_steps(recipe: Recipe, only: list[str] | None) -> Path:
+    from tdrm_cli.console import console  # rich: not needed by `tdrm --help`
+
     timings: dict[str, float] = {}
     for step in recipe.steps:
         if only and step.name not in only:
@@ -191,6 +210,11 @@ def _run_steps(recipe: Recipe, only: list[str] | None) -> Path:
 
 
 def summarize(recipe: Recipe, timings: dict[str, float]) -> dict[str, Any]:
+    from rich.table import Table
+
+    from tdrm_cli.console import console
+    from tdrm_cli.report import key_metric
+
     table = Table(title=f"pipeline {recipe.path} (seed {recipe.seed})")
     for column in ("stage", "run folder", "status", "seconds (this call)", "key metric"):
         table.add_column(column)

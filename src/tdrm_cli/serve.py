@@ -6,11 +6,11 @@
     GET  /health       liveness, queue depth, counters
     GET  /info         model, aggregation, separator, reward mix, limits, version
 
-This module holds the options, the app's wiring (routes, API key, error answers) and the
-command; the pieces live beside it: `serve_requests` (what each endpoint computes, the
-checks of request bodies), `serve_batcher` (concurrent requests scored in one pass on one
-model thread, a bounded queue: 503 when full) and `serve_http` (size and time limits on
-requests, connections and sockets). Every error answer is `{"detail": "<one line>"}`.
+This module wires the app (routes, API key, error answers) and runs it; the pieces live
+beside it: `serve_config` (the options), `serve_requests` (what each endpoint computes,
+the checks of request bodies), `serve_batcher` (concurrent requests scored in one pass on
+one model thread, a bounded queue: 503 when full) and `serve_http` (size and time limits
+on requests, connections and sockets). Every error answer is `{"detail": "<one line>"}`.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations
@@ -18,76 +18,16 @@ requests, connections and sockets). Every error answer is `{"detail": "<one line
 import contextlib
 import hmac
 import json
-import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from tdrm_cli import __version__
 from tdrm_cli.errors import UsageError, error_line
+from tdrm_cli.prm import load_prm
 from tdrm_cli.serve_batcher import MicroBatcher, Overloaded
+from tdrm_cli.serve_config import ServeConfig
 from tdrm_cli.serve_http import bind, guarded_protocol, read_json
 from tdrm_cli.serve_requests import Endpoints
-
-REWARDS = ("prm", "prm+rlvr")
-
-
-@dataclass
-class ServeConfig:
-    """`tdrm serve`: options of the reward server (no run folder: it writes nothing)."""
-
-    prm: str | None = None
-    task: str | None = None
-    reward: str = "prm"
-    prm_weight: float = 0.2
-    agg: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 5000
-    api_key: str | None = None
-    max_batch: int = 32
-    max_wait_ms: float = 0.0
-    max_queue: int = 256
-    max_request_bytes: int = 64 * 1024 * 1024
-    max_solutions: int = 1024
-    max_tokens: int | None = None
-    read_timeout_s: float = 30.0
-    max_connections: int = 1024
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-
-    def __post_init__(self) -> None:
-        from tdrm_cli.prm import AGGREGATIONS
-
-        def check(cond: bool, message: str) -> None:
-            if not cond:
-                raise UsageError(message)
-
-        for name in ("prm_weight", "max_wait_ms", "read_timeout_s"):
-            value = getattr(self, name)
-            check(
-                math.isfinite(value), f"--{name.replace('_', '-')} {value}: must be a finite number"
-            )
-        check(self.reward in REWARDS, f"--reward {self.reward}: expected {' or '.join(REWARDS)}")
-        check(0.0 <= self.prm_weight <= 1.0, f"--prm-weight {self.prm_weight}: must be in [0, 1]")
-        check(
-            self.agg is None or self.agg in AGGREGATIONS,
-            f"--agg {self.agg}: expected one of {', '.join(AGGREGATIONS)}",
-        )
-        check(0 < self.port < 65536, f"--port {self.port}: must be in 1..65535")
-        check(self.max_batch >= 1, "--max-batch must be >= 1")
-        check(self.max_wait_ms >= 0, "--max-wait-ms must be >= 0")
-        check(self.max_queue >= 1, "--max-queue must be >= 1")
-        check(self.max_request_bytes >= 1024, "--max-request-bytes must be >= 1024")
-        check(self.max_solutions >= 1, "--max-solutions must be >= 1")
-        check(self.max_tokens is None or self.max_tokens >= 1, "--max-tokens must be >= 1")
-        check(self.read_timeout_s > 0, "--read-timeout-s must be > 0")
-        check(self.max_connections >= 1, "--max-connections must be >= 1")
-        key = "--api-key (or TDRM_SERVE_API_KEY)"
-        check(self.api_key is None or self.api_key.strip() != "", f"{key} must not be empty")
-        check(
-            self.api_key is None or self.api_key == self.api_key.strip(),
-            f"{key} must not start or end with whitespace (it could never match)",
-        )
 
 
 def create_app(
@@ -215,10 +155,7 @@ def run(cfg: ServeConfig) -> None:
         ) from None
 
     from tdrm_cli.console import log
-    from tdrm_cli.prm import load_prm
 
-    if not cfg.prm:
-        raise UsageError("--prm is required")
     sock = bind(cfg.host, cfg.port)  # before the slow load: a taken port fails at once
     try:
         start = time.perf_counter()
