@@ -3,7 +3,7 @@
 Every command's options are generated from a config dataclass (the stages' in config.py;
 `serve`'s, `pipeline`'s and `import-gguf`'s beside their code), so flags,
 `--config FILE.yaml` keys and the saved `config.yaml` always agree. Heavy libraries are
-imported inside the stages, which keeps `tdrm --help` instant.
+imported inside the stages, which keeps `tdrm --help` instant (docs/design.md#commands).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Run folders: the contract between stages (DESIGN.md section 2).
+"""Run folders: the contract between stages (docs/design.md#run-folders).
 
     runs/<name>/manifest.json   stage, status running|complete|failed, inputs, seed, versions, metrics
     runs/<name>/config.yaml     the fully resolved config

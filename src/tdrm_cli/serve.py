@@ -10,7 +10,8 @@ This module wires the app (routes, API key, error answers) and runs it; the piec
 beside it: `serve_config` (the options), `serve_requests` (what each endpoint computes,
 the checks of request bodies), `serve_batcher` (concurrent requests scored in one pass on
 one model thread, a bounded queue: 503 when full) and `serve_http` (size and time limits
-on requests, connections and sockets). Every error answer is `{"detail": "<one line>"}`.
+on requests, connections and sockets). Every error answer is `{"detail": "<one line>"}`
+(the list: docs/design.md#reward-server).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations
