@@ -43,7 +43,6 @@ def create_app(
 
     cfg = cfg or ServeConfig()
     endpoints = Endpoints(prm, cfg, task, model)
-    api_key = cfg.api_key.encode() if cfg.api_key else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -52,22 +51,9 @@ def create_app(
         yield
         await endpoints.batcher.stop()
 
-    async def check_key(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key):
-            from fastapi import HTTPException
-
-            raise HTTPException(
-                401,
-                "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
     app = FastAPI(
         title="tdrm PRM server", version=__version__, lifespan=lifespan,
-        dependencies=[Depends(check_key)] if api_key else [],
+        dependencies=[Depends(bearer_check(cfg.api_key))] if cfg.api_key else [],
         docs_url=None, redoc_url=None, openapi_url=None,
     )  # fmt: skip
     add_error_answers(app)
@@ -100,6 +86,24 @@ def create_app(
         return answer(await endpoints.get_reward(await body(request)))
 
     return app
+
+
+def bearer_check(api_key: str):
+    """A FastAPI dependency: 401 unless the request sends `Authorization: Bearer <api_key>`."""
+    from fastapi import HTTPException, Request
+
+    expected = api_key.encode()
+
+    async def check_key(request: Request) -> None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+            raise HTTPException(
+                401,
+                "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return check_key
 
 
 def add_error_answers(app: Any) -> None:
