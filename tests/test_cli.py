@@ -55,3 +55,24 @@ def test_runs_and_env(tmp_path, tiny_policy):
     assert invoke("runs", tmp_path / "missing").exit_code == 2
     result = invoke("env")
     assert result.exit_code == 0 and "torch" in result.output
+
+
+def test_the_cli_loads_no_heavy_library():
+    """`tdrm --help` stays instant: the stages import torch and the server its stack."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "transformers", "trl", "fastapi", "uvicorn")
+    code = f"import sys, tdrm_cli.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+def test_serve_takes_a_config_file_and_needs_a_prm(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text("prm: runs/prm\nreward: rlvr\n")
+    result = invoke("serve", "--config", path)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {path}: --reward rlvr: expected prm or prm+rlvr"
+    result = invoke("serve", "--port", "5001")
+    assert result.exit_code == 2 and result.stderr.strip() == "error: --prm is required"

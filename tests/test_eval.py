@@ -1,6 +1,9 @@
 """`tdrm eval` end to end: policy metrics, PRM step quality, ProcessBench files, report.md."""
 
 import json
+import shutil
+
+import pytest
 
 from conftest import invoke
 from tdrm_cli.runs import read_manifest
@@ -73,6 +76,42 @@ def test_processbench_file_end_to_end(tiny_prm, tmp_path):
     assert section["solutions"] == 4
     assert 0.0 <= section["first_error_f1"] <= 1.0 and 0.0 <= section["step_auroc"] <= 1.0
     assert "PRM step quality on" in (out / "report.md").read_text()
+
+
+def test_prm_names_are_folder_names_made_distinct_by_their_paths():
+    from tdrm_cli.errors import UsageError
+    from tdrm_cli.stages.eval import prm_names
+
+    demo = ["runs/demo/prm-td", "runs/demo/prm-mc"]
+    assert prm_names(demo) == {"runs/demo/prm-td": "prm-td", "runs/demo/prm-mc": "prm-mc"}
+    assert list(prm_names(["a/model", "b/model", "c/prm"]).values()) == [
+        "a/model",
+        "b/model",
+        "prm",
+    ]
+    assert list(prm_names(["x/a/model", "y/a/model", "/runs/a/model/"]).values()) == [
+        "x/a/model",
+        "y/a/model",
+        "runs/a/model",
+    ]
+    assert prm_names(["runs/p", "runs/p/", "runs/p"]) == {"runs/p": "p", "runs/p/": "p"}
+    named = prm_names(["runs/policy-likelihood"], baseline=True)
+    assert named == {"runs/policy-likelihood": "runs/policy-likelihood"}
+    with pytest.raises(UsageError, match="named like the 'policy-likelihood' baseline"):
+        prm_names(["policy-likelihood"], baseline=True)
+
+
+def test_prms_in_folders_of_one_name_are_two_rows(tiny_prm, tmp_path):
+    copies = [tmp_path / parent / "prm" for parent in ("a", "b")]
+    for copy in copies:
+        shutil.copytree(tiny_prm, copy)
+    path = tmp_path / "pb.jsonl"
+    write_jsonl(path, [{"problem": "3+4-2", "steps": ["3+4=7", "7-2=5"], "label": -1}])
+    out = tmp_path / "eval"
+    result = invoke("eval", *("--prm", copies[0], "--prm", copies[1]), "--steps-file", path,
+                    "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((out / "metrics.json").read_text())["steps_file"]) == {"a/prm", "b/prm"}
 
 
 def test_bad_steps_file_names_file_line_and_field(tiny_prm, tmp_path):

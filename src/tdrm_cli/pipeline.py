@@ -15,22 +15,39 @@ running the same recipe twice costs nothing the second time.
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from tdrm_cli import config
-from tdrm_cli.console import console
 from tdrm_cli.errors import UsageError
-from tdrm_cli.report import key_metric
-from tdrm_cli.runs import FolderLock, atomic_write_json, is_run_dir, make_folder, read_manifest
+from tdrm_cli.locks import FolderLock
+from tdrm_cli.runs import atomic_write_json, is_run_dir, make_folder, read_manifest
+from tdrm_cli.stages import STAGES
 
 RECIPE_KEYS = {"root", "seed", "stages", "description"}
 STEP_KEYS = {"name", "stage", "args"}
+
+
+@dataclass
+class PipelineConfig:
+    """`tdrm pipeline RECIPE`: the recipe to run, and what to override in it."""
+
+    recipe: Path | None = config.opt(
+        None, "Recipe YAML: stages, their options, @name references.", argument=True, required=True
+    )
+    root: Path | None = config.opt(
+        None, "Folder for the stage run folders (default: the recipe's root)."
+    )
+    seed: int | None = config.opt(None, "Seed for every stage (default: the recipe's seed).")
+    only: list[str] = config.opt([], "Run only these stage names.")
+
+
+def run(cfg: PipelineConfig) -> Path:
+    """Load and check the whole recipe, then run its stages; returns the recipe's root."""
+    recipe = load_recipe(cfg.recipe, root=cfg.root, seed=cfg.seed)
+    return run_pipeline(recipe, only=cfg.only or None)
 
 
 @dataclass
@@ -52,8 +69,6 @@ def load_recipe(
     path: str | Path, root: str | Path | None = None, seed: int | None = None
 ) -> Recipe:
     """Parse and validate a recipe: known keys, known stages, unique names, valid @refs and configs."""
-    from tdrm_cli.cli import STAGES
-
     path = Path(path)
     data = config.load_yaml(path)
     unknown = set(data) - RECIPE_KEYS
@@ -126,9 +141,7 @@ def _resolve(value: Any, root: Path) -> Any:
 
 
 def build_step_config(recipe: Recipe, step: Step, resume: bool = False) -> Any:
-    from tdrm_cli.cli import STAGES
-
-    cls = STAGES[step.stage][0]
+    cls = STAGES[step.stage].config
     args = {key: _resolve(value, recipe.root) for key, value in step.args.items()}
     args.setdefault("seed", recipe.seed)
     args.update(out=str(recipe.root / step.name), resume=resume, overwrite=False)
@@ -175,7 +188,7 @@ def run_pipeline(recipe: Recipe, only: list[str] | None = None) -> Path:
 
 
 def _run_steps(recipe: Recipe, only: list[str] | None) -> Path:
-    from tdrm_cli.cli import STAGES
+    from tdrm_cli.console import console  # rich: not needed by `tdrm --help`
 
     timings: dict[str, float] = {}
     for step in recipe.steps:
@@ -188,9 +201,8 @@ def _run_steps(recipe: Recipe, only: list[str] | None) -> Path:
             continue
         cfg = build_step_config(recipe, step, resume=status in ("running", "failed"))
         console.rule(f"{step.name} ({step.stage}{', resuming' if cfg.resume else ''})")
-        module = importlib.import_module(f"tdrm_cli.stages.{STAGES[step.stage][1]}")
         start = time.perf_counter()
-        module.run(cfg)
+        STAGES[step.stage].run(cfg)
         timings[step.name] = round(time.perf_counter() - start, 1)
     summary = summarize(recipe, timings)
     atomic_write_json(recipe.root / "pipeline.json", summary)
@@ -198,6 +210,11 @@ def _run_steps(recipe: Recipe, only: list[str] | None) -> Path:
 
 
 def summarize(recipe: Recipe, timings: dict[str, float]) -> dict[str, Any]:
+    from rich.table import Table
+
+    from tdrm_cli.console import console
+    from tdrm_cli.report import key_metric
+
     table = Table(title=f"pipeline {recipe.path} (seed {recipe.seed})")
     for column in ("stage", "run folder", "status", "seconds (this call)", "key metric"):
         table.add_column(column)

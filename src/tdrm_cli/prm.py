@@ -1,6 +1,6 @@
 """Process reward model: a causal-LM backbone with a scalar head, scored in one pass.
 
-`V(s_t) = sigmoid(head(h))` at the last token of step t (DESIGN.md section 3). The prompt
+`V(s_t) = sigmoid(head(h))` at the last token of step t (docs/design.md#prm-scoring). The prompt
 and every `step + separator` piece are tokenized on their own and concatenated
 (`steps.encode_pieces`), so with causal attention one forward pass over the whole
 solution gives exactly the values of scoring every prefix separately.

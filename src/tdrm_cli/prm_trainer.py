@@ -2,7 +2,7 @@
 
 TRL 1.x ships no PRM trainer, so `PRMTrainer` subclasses `transformers.Trainer` with its
 own collator (`StepCollator`) and `compute_loss` (`step_loss`: BCE of step values against
-detached targets, DESIGN.md section 4); accelerate/DeepSpeed, checkpoints,
+detached targets, docs/design.md#td-targets); accelerate/DeepSpeed, checkpoints,
 `resume_from_checkpoint` and `report_to` come from the library. Kept out of the stage
 module so the online PRM updates during RL (`rewards.OnlinePRMUpdate`) and the benchmarks
 reuse it; the targets are `targets.py`, the math is `td.py`.

@@ -1,4 +1,4 @@
-"""Reward callables for `trl.GRPOTrainer` (DESIGN.md section 6).
+"""Reward callables for `trl.GRPOTrainer` (docs/design.md#rl-rewards).
 
 GRPOTrainer calls every reward function as
 

@@ -1,4 +1,4 @@
-"""Run folders: the contract between stages (DESIGN.md section 2).
+"""Run folders: the contract between stages (docs/design.md#run-folders).
 
     runs/<name>/manifest.json   stage, status running|complete|failed, inputs, seed, versions, metrics
     runs/<name>/config.yaml     the fully resolved config
@@ -6,15 +6,15 @@
 
 Every file is written atomically (temp file in the same folder + rename). A run is
 `complete` only after its stage has put every artifact in place; stages refuse
-inputs that are not complete. One process at a time writes a run folder: the lock is
-an advisory `flock` on `.lock`, which the kernel drops when its holder dies, so the
-lock of a killed run is stale by construction and the next `--resume` takes it over.
+inputs that are not complete. One process at a time writes a run folder: the lock
+(`locks.FolderLock`) is an advisory `flock` on `.lock`, which the kernel drops when its
+holder dies, so the lock of a killed run is stale by construction and the next `--resume`
+takes it over.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from tdrm_cli.config import dump_yaml, shown
-from tdrm_cli.errors import JSON_ERRORS, UsageError
+from tdrm_cli.errors import JSON_ERRORS, UsageError, error_line
+from tdrm_cli.locks import LOCK, FolderLock
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
-LOCK = ".lock"
 
 
 def now() -> str:
@@ -82,84 +82,6 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[dist.replace("-cli", "")] = None
     return out
-
-
-# ---------------------------------------------------------------- one writer per folder
-
-
-class FolderLock:
-    """An exclusive, non-blocking lock on `folder/.lock`; the file says who holds it.
-
-    `flock` locks belong to the open file, so they vanish with a crashed (even `kill -9`ed)
-    holder: a `.lock` file that nobody has locked is stale and is simply taken over.
-    """
-
-    def __init__(self, folder: Path, fd: int):
-        self.folder, self.fd = folder, fd
-
-    @classmethod
-    def acquire(cls, folder: str | Path, what: str = "--out") -> FolderLock:
-        folder = Path(folder)
-        path = folder / LOCK
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 256).decode("utf-8", "replace").strip() or "another process"
-                os.close(fd)
-                raise UsageError(
-                    f"{what} {folder}: in use by {holder} (one process writes a run folder at a time)"
-                ) from None
-            # The holder may have released and unlinked the file between our open and flock:
-            # then we hold a lock on a dead inode; start again on the current file.
-            try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        stale = os.read(fd, 256).decode("utf-8", "replace").strip()
-        if stale:
-            from tdrm_cli.console import log
-
-            log(f"{folder}: taking over the stale lock of {stale} (no longer running)")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        return cls(folder, fd)
-
-    def release(self) -> None:
-        if self.fd < 0:
-            return
-        try:
-            (self.folder / LOCK).unlink(missing_ok=True)
-        finally:
-            os.close(self.fd)  # closing drops the flock
-            self.fd = -1
-
-
-def writer_alive(folder: str | Path) -> bool | None:
-    """Whether the process named in `folder/.lock` still runs: None when it is on another host.
-
-    Read-only (it never takes the lock), for listings: a `running` run whose writer is gone
-    was interrupted and waits for `--resume`.
-    """
-    try:
-        words = (Path(folder) / LOCK).read_text(encoding="utf-8").split()
-    except (OSError, UnicodeDecodeError):
-        return False
-    if len(words) != 4 or words[0] != "pid" or not words[1].isdigit():
-        return False
-    if words[3] != socket.gethostname():
-        return None
-    try:
-        os.kill(int(words[1]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
@@ -243,10 +165,7 @@ class Run:
         self.save_manifest()
 
     def fail(self, error: BaseException) -> None:
-        message = str(error).splitlines()[0] if str(error) else ""
-        self.manifest.update(
-            status="failed", finished=now(), error=f"{type(error).__name__}: {message}"
-        )
+        self.manifest.update(status="failed", finished=now(), error=error_line(error))
         self.save_manifest()
 
     def release(self) -> None:
@@ -453,6 +372,29 @@ def list_runs(root: Path) -> list[tuple[Path, dict[str, Any]]]:
         except UsageError:
             continue
     return sorted(found, key=lambda item: str(item[1].get("created", "")))
+
+
+def writer_alive(folder: str | Path) -> bool | None:
+    """Whether the process named in `folder/.lock` still runs: None when it is on another host.
+
+    Read-only (it never takes the lock), for listings: a `running` run whose writer is gone
+    was interrupted and waits for `--resume`.
+    """
+    try:
+        words = (Path(folder) / LOCK).read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        return False
+    if len(words) != 4 or words[0] != "pid" or not words[1].isdigit():
+        return False
+    if words[3] != socket.gethostname():
+        return None
+    try:
+        os.kill(int(words[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 MODEL_STAGES = ("sft", "rl", "train-prm")

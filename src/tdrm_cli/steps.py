@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tdrm_cli.errors import JSON_ERRORS, UsageError, first_line
+from tdrm_cli.errors import JSON_ERRORS, UsageError, error_line, first_line
 
 DEFAULT_SEPARATOR = "\n\n"
 PLAIN_TEMPLATE = "Question: {question}\nAnswer:\n\n"
@@ -55,7 +55,7 @@ def check_prompt_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
         except (KeyError, IndexError, ValueError) as e:
             raise UsageError(
                 f"{where}: field 'prompt_template' must hold {{question}} and no other "
-                f"placeholder ({type(e).__name__}: {first_line(e)})"
+                f"placeholder ({error_line(e)})"
             ) from None
         if "{question}" not in template:
             raise UsageError(f"{where}: field 'prompt_template' has no {{question}}")

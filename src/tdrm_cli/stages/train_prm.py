@@ -19,7 +19,7 @@ from typing import Any
 from tdrm_cli import td
 from tdrm_cli.config import TrainPRMConfig
 from tdrm_cli.console import console, log
-from tdrm_cli.errors import UsageError
+from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.metrics import degeneracy
 from tdrm_cli.prm import (
     PRM,
@@ -168,7 +168,7 @@ def apply_lora(model, cfg: TrainPRMConfig):
     try:
         return get_peft_model(model, lora)
     except ValueError as e:
-        raise UsageError(f"--lora-r {cfg.lora_r}: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"--lora-r {cfg.lora_r}: {first_line(e)}") from None
 
 
 def reporting(cfg: TrainPRMConfig, run: Run) -> tuple[list[str], list[Any]]:
