@@ -111,13 +111,22 @@ def weight_gap(run: Path, other: Path) -> float:
 def killed_at_a_checkpoint_then_resumed(
     stage: str, args: tuple, after: int, delay: float, tmp_path: Path
 ) -> tuple[Path, str]:
-    """Run `stage` in tmp_path/crashed, kill it `delay` s after checkpoint-`after` is
-    written, and resume it; (crashed, a description of the kill point)."""
+    """Run `stage` in tmp_path/crashed, kill it `delay` s after its first complete checkpoint
+    at or past step `after` (the trainer may rotate an older one away between two looks),
+    and resume it; (crashed, a description of the kill point)."""
     what = f"{stage} killed {delay:.2f} s after checkpoint-{after}"
     crashed = tmp_path / "crashed"
     victim = tdrm(stage, *args, "--out", crashed)
-    state = crashed / "checkpoints" / f"checkpoint-{after}" / "trainer_state.json"
-    kill_when(victim, state.is_file, delay, what)
+
+    def reached() -> bool:
+        return any(
+            int(p.name.removeprefix("checkpoint-")) >= after
+            and (p / "trainer_state.json").is_file()
+            for p in (crashed / "checkpoints").glob("checkpoint-*")
+            if p.name.removeprefix("checkpoint-").isdigit()
+        )
+
+    kill_when(victim, reached, delay, what)
     assert read_manifest(crashed)["status"] == "running", what
     finish(tdrm(stage, *args, "--out", crashed, "--resume"))
     return crashed, what
