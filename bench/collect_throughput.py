@@ -21,7 +21,8 @@ from pathlib import Path
 
 from common import report
 
-from tdrm_cli.config import CollectConfig, SFTConfig
+from tdrm_cli.configs.sample import CollectConfig
+from tdrm_cli.configs.train import SFTConfig
 from tdrm_cli.generation import load_tokenizer
 from tdrm_cli.runs import read_manifest, resolve_model
 from tdrm_cli.stages import collect, sft

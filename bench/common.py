@@ -7,7 +7,7 @@ import json
 import random
 from pathlib import Path
 
-from tdrm_cli.config import SFTConfig
+from tdrm_cli.configs.train import SFTConfig
 from tdrm_cli.stages.sft import PROMPT_TEMPLATE, build_char_tokenizer, build_model
 from tdrm_cli.steps import DEFAULT_SEPARATOR, POLICY_META
 from tdrm_cli.tasks.arith import ArithTask

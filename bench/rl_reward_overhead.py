@@ -32,7 +32,7 @@ from pathlib import Path
 from common import report
 
 from tdrm_cli import rewards
-from tdrm_cli.config import RLConfig, SFTConfig
+from tdrm_cli.configs.train import RLConfig, SFTConfig
 from tdrm_cli.stages import rl, sft
 
 

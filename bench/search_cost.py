@@ -32,7 +32,7 @@ import torch
 from common import policy_folder, report
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from tdrm_cli.config import SearchConfig
+from tdrm_cli.configs.sample import SearchConfig
 from tdrm_cli.prm import PRM, load_tokenizer, load_value_model, prm_meta
 from tdrm_cli.search.methods import METHODS
 from tdrm_cli.search.policy import HFStepPolicy

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import invoke, one_line_error
-from tdrm_cli.config import TrainPRMConfig
+from tdrm_cli.configs.train import TrainPRMConfig
 from tdrm_cli.runs import prepare_run
 from test_train_prm import make_collect_run
 

@@ -1,6 +1,7 @@
 import pytest
 
-from tdrm_cli.config import SFTConfig, build_config, load_yaml
+from tdrm_cli.config import build_config, load_yaml
+from tdrm_cli.configs.train import SFTConfig
 from tdrm_cli.errors import UsageError
 
 

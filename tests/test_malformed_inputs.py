@@ -225,7 +225,7 @@ SFT_STEP = f"{{name: sft, stage: sft, args: {TINY_SFT}}}"
 
 def resume_with_tampered_input(x: Inputs):
     """`--resume` of a failed train-prm run whose input's manifest changed since it started."""
-    from tdrm_cli.config import TrainPRMConfig
+    from tdrm_cli.configs.train import TrainPRMConfig
     from tdrm_cli.runs import prepare_run
 
     data = collect_copy(x)

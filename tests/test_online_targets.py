@@ -9,7 +9,8 @@ import pytest
 
 from conftest import invoke, one_line_error
 from tdrm_cli import prm_trainer, rewards
-from tdrm_cli.config import RLConfig, TrainPRMConfig, field_help
+from tdrm_cli.config import field_help
+from tdrm_cli.configs.train import RLConfig, TrainPRMConfig
 from tdrm_cli.prm import Encoded
 from tdrm_cli.targets import ONLINE_LOSSES, TARGETS, Targets, one_of
 from tdrm_cli.tasks.arith import ArithTask

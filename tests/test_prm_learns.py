@@ -15,7 +15,7 @@ import random
 import pytest
 
 from conftest import invoke
-from tdrm_cli.config import CollectConfig
+from tdrm_cli.configs.sample import CollectConfig
 from tdrm_cli.runs import prepare_run
 from test_prm import make_tiny_base
 

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tdrm_cli.config import (
-    BonConfig,
-    CollectConfig,
-    RLConfig,
-    SearchConfig,
-    TrainPRMConfig,
-    field_help,
-)
+from tdrm_cli.config import field_help
+from tdrm_cli.configs.sample import BonConfig, CollectConfig, SearchConfig
+from tdrm_cli.configs.train import RLConfig, TrainPRMConfig
 from tdrm_cli.errors import UsageError
 from tdrm_cli.generation import BACKENDS
 from tdrm_cli.tasks import TASKS

@@ -280,7 +280,8 @@ def test_problem_stream_is_fixed_by_the_seed():
 
 
 def test_yaml_config_reaches_grpo(tmp_path):
-    from tdrm_cli.config import RLConfig, build_config, load_yaml
+    from tdrm_cli.config import build_config, load_yaml
+    from tdrm_cli.configs.train import RLConfig
 
     path = tmp_path / "rl.yaml"
     path.write_text(

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from conftest import invoke
-from tdrm_cli.config import CollectConfig, SFTConfig
+from tdrm_cli.configs.sample import CollectConfig
+from tdrm_cli.configs.train import SFTConfig
 from tdrm_cli.errors import UsageError
 from tdrm_cli.runs import (
     atomic_write_json,
@@ -83,7 +84,7 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
 
 HOLD_LOCK = """
 import sys, time
-from tdrm_cli.config import SFTConfig
+from tdrm_cli.configs.train import SFTConfig
 from tdrm_cli.runs import prepare_run
 prepare_run("sft", SFTConfig(out=sys.argv[1]))
 print("locked", flush=True)

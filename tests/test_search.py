@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import invoke
-from tdrm_cli.config import SearchConfig
+from tdrm_cli.configs.sample import SearchConfig
 from tdrm_cli.errors import UsageError
 from tdrm_cli.search.methods import METHODS, Prefix, Step
 from tdrm_cli.search.policy import HFStepPolicy

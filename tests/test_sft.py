@@ -51,7 +51,7 @@ def test_sft_prints_run_path_last_and_refuses_complete(tmp_path):
 def test_every_stage_loads_the_policy_tokenizer_intact(tiny_policy):
     """transformers 5's AutoTokenizer would load our character tokenizer as the model type's
     tokenizer and drop whitespace; every loader the stages use must round-trip text."""
-    from tdrm_cli.config import RLConfig
+    from tdrm_cli.configs.train import RLConfig
     from tdrm_cli.generation import load_tokenizer
     from tdrm_cli.prm import load_tokenizer as prm_load_tokenizer
     from tdrm_cli.stages.rl import load_policy_tokenizer

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import invoke, one_line_error
-from tdrm_cli.config import CollectConfig
+from tdrm_cli.configs.sample import CollectConfig
 from tdrm_cli.runs import prepare_run, read_manifest
 from tdrm_cli.tasks.arith import ArithTask
 from test_prm import make_tiny_base
@@ -465,7 +465,7 @@ def test_data_must_be_a_complete_collect_run(tiny_base, tmp_path):
 
 
 def test_split_by_problem_is_disjoint_and_seeded(data):
-    from tdrm_cli.config import TrainPRMConfig
+    from tdrm_cli.configs.train import TrainPRMConfig
     from tdrm_cli.stages.train_prm import load_rollouts, split_by_problem
 
     frame, _ = load_rollouts(TrainPRMConfig(data=str(data)))

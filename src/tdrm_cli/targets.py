@@ -28,7 +28,7 @@ class Targets:
 
     @classmethod
     def from_config(cls, cfg: Any) -> Targets:
-        """From a config with the target options (`config.TargetOptions`); `hard` only
+        """From a config with the target options (`configs.train.TargetOptions`); `hard` only
         matters for MC labels, so a stage without them (rl) has no such option."""
         hard = getattr(cfg, "hard", False)
         return cls(cfg.loss, cfg.gamma, cfg.td_lambda, cfg.n_step, cfg.td_mix, hard)

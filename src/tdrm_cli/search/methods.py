@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tdrm_cli.voting import aggregate
 
 if TYPE_CHECKING:
-    from tdrm_cli.config import SearchConfig
+    from tdrm_cli.configs.sample import SearchConfig
     from tdrm_cli.tasks import Task
 
 # ---------------------------------------------------------------- what policy and scorer see

@@ -10,7 +10,7 @@ import importlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tdrm_cli import config
+from tdrm_cli.configs import sample, train
 
 
 class Stage(NamedTuple):
@@ -27,32 +27,32 @@ class Stage(NamedTuple):
 
 # command name -> stage; the order is `tdrm --help`'s
 STAGES: dict[str, Stage] = {
-    "sft": Stage(config.SFTConfig, "sft", "Train the tiny from-scratch policy on a built-in task."),
+    "sft": Stage(train.SFTConfig, "sft", "Train the tiny from-scratch policy on a built-in task."),
     "collect": Stage(
-        config.CollectConfig,
+        sample.CollectConfig,
         "collect",
         "Sample policy rollouts with verdicts, MC step labels and step truth.",
     ),
     "train-prm": Stage(
-        config.TrainPRMConfig,
+        train.TrainPRMConfig,
         "train_prm",
         "Train a PRM on collected rollouts with TD, n-step, MC, exact-truth or outcome targets.",
     ),
     "bon": Stage(
-        config.BonConfig,
+        sample.BonConfig,
         "bon",
         "Best-of-N: accuracy vs N for every PRM x aggregation x vote, with majority and pass@N.",
     ),
     "search": Stage(
-        config.SearchConfig,
+        sample.SearchConfig,
         "search",
         "Step-level PRM-guided search (beam, greedy, DVTS): accuracy vs generated tokens.",
     ),
     "rl": Stage(
-        config.RLConfig, "rl", "GRPO on the policy with verifier, PRM or PRM+verifier rewards."
+        train.RLConfig, "rl", "GRPO on the policy with verifier, PRM or PRM+verifier rewards."
     ),
     "eval": Stage(
-        config.EvalConfig,
+        sample.EvalConfig,
         "eval",
         "Policy and PRM metrics plus report.md of bon / search / rl runs.",
     ),

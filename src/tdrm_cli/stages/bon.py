@@ -22,7 +22,7 @@ from typing import Any
 from rich.table import Table
 
 from tdrm_cli import plots, voting
-from tdrm_cli.config import BonConfig
+from tdrm_cli.configs.sample import BonConfig
 from tdrm_cli.console import console, log, progress
 from tdrm_cli.errors import UsageError
 from tdrm_cli.generation import Sampling, check_backend, load_backend

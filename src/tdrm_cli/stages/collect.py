@@ -29,7 +29,7 @@ from rich.progress import ProgressColumn
 from rich.table import Table
 from rich.text import Text
 
-from tdrm_cli.config import CollectConfig
+from tdrm_cli.configs.sample import CollectConfig
 from tdrm_cli.console import console, log, progress
 from tdrm_cli.errors import UsageError
 from tdrm_cli.generation import Backend, Sampling, check_backend, load_backend

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tdrm_cli import metrics as M
-from tdrm_cli.config import EvalConfig
+from tdrm_cli.configs.sample import EvalConfig
 from tdrm_cli.console import log
 from tdrm_cli.errors import JSON_ERRORS, UsageError, check_text, json_reason
 from tdrm_cli.prm import LIKELIHOOD_BASELINE

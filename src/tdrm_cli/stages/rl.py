@@ -43,7 +43,7 @@ from tdrm_cli.checkpoints import (
     last_checkpoint,
     steps_run,
 )
-from tdrm_cli.config import RLConfig
+from tdrm_cli.configs.train import RLConfig
 from tdrm_cli.console import console, log
 from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.prm import PRM, load_prm

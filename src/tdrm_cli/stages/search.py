@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.table import Table
 
 from tdrm_cli import plots, voting
-from tdrm_cli.config import SearchConfig
+from tdrm_cli.configs.sample import SearchConfig
 from tdrm_cli.console import console, log
 from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.prm import load_prm

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tdrm_cli.config import SFTConfig
+from tdrm_cli.configs.train import SFTConfig
 from tdrm_cli.console import console, log
 from tdrm_cli.runs import Run, atomic_write_json, run_stage, save_model
 from tdrm_cli.steps import DEFAULT_SEPARATOR, POLICY_META, join_steps, split_steps

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tdrm_cli import td
-from tdrm_cli.config import TrainPRMConfig
+from tdrm_cli.configs.train import TrainPRMConfig
 from tdrm_cli.console import console, log
 from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.metrics import degeneracy
