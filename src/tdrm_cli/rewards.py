@@ -26,9 +26,10 @@ from transformers import TrainerCallback
 
 from tdrm_cli import td
 from tdrm_cli.prm_trainer import StepCollator, step_features, step_loss
+from tdrm_cli.solutions import split_and_grade
 from tdrm_cli.steps import DEFAULT_SEPARATOR, split_steps
 from tdrm_cli.targets import Targets
-from tdrm_cli.tasks import Problem, Task, grade
+from tdrm_cli.tasks import Problem, Task
 from tdrm_cli.voting import aggregate
 
 Observer = Callable[[list[str], list[str], list[float]], None]
@@ -68,7 +69,7 @@ class VerifierReward:
         ids = problem_id or [""] * len(texts)
         verdicts = []
         for pid, q, g, text in zip(ids, question, gold, texts, strict=True):
-            _, correct = grade(self.task, Problem(pid, q, g), split_steps(text, self.separator))
+            _, _, correct = split_and_grade(self.task, Problem(pid, q, g), text, self.separator)
             verdicts.append(float(correct))
         if self.observer is not None:
             self.observer(list(question), texts, verdicts)

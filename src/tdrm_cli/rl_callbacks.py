@@ -14,8 +14,8 @@ from tdrm_cli.console import log
 from tdrm_cli.generation import HFBackend, Sampling
 from tdrm_cli.rewards import OnlinePRMUpdate
 from tdrm_cli.runs import Run, atomic_write_json, rank, world_size
-from tdrm_cli.steps import split_steps
-from tdrm_cli.tasks import Problem, Task, grade
+from tdrm_cli.solutions import split_and_grade
+from tdrm_cli.tasks import Problem, Task
 
 CURVE = "eval_curve.json"
 ONLINE_PRM_STATE = "online_prm.pt"
@@ -48,7 +48,7 @@ class AccuracyCurve(TrainerCallback):
             self.prompts[share], Sampling(temperature=0.0, max_new_tokens=self.max_new_tokens)
         )
         return sum(
-            grade(self.task, p, split_steps(c[0].text, self.separator))[1]
+            split_and_grade(self.task, p, c[0].text, self.separator)[2]
             for p, c in zip(self.problems[share], completions, strict=True)
         )
 

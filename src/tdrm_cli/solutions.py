@@ -61,16 +61,17 @@ def field_types() -> dict[str, Any]:
     }
 
 
-def schema(columns: Sequence[str], extra: Sequence[tuple[str, Any]] = ()):
-    """An Arrow schema of record fields in the given order, plus stage-specific `extra` fields."""
+def schema(columns: Sequence[str], extra: dict[str, Any] | None = None):
+    """An Arrow schema of `columns` in the given order: record fields with their one type,
+    stage-specific fields with the type `extra` gives them."""
     import pyarrow as pa
 
-    types = field_types()
-    return pa.schema([(name, types[name]) for name in columns] + list(extra))
+    types = {**field_types(), **(extra or {})}
+    return pa.schema([(name, types[name]) for name in columns])
 
 
-def records_table(rows: list[dict[str, Any]], columns: Sequence[str], extra=()):
-    """Records as an Arrow table of `columns` (+ `extra` fields); other keys are left out."""
+def records_table(rows: list[dict[str, Any]], columns: Sequence[str], extra=None):
+    """Records as an Arrow table of `columns` (see `schema`); other keys are left out."""
     import pyarrow as pa
 
     return pa.Table.from_pylist(rows, schema=schema(columns, extra))
@@ -93,9 +94,20 @@ def separator_of(meta: dict[str, Any]) -> str:
     return meta.get("separator") or DEFAULT_SEPARATOR
 
 
-def graded(task: Task, problem: Problem, text: str, separator: str) -> dict[str, Any]:
-    """A generated solution split into steps and checked: the record's task-dependent fields."""
+def split_and_grade(
+    task: Task, problem: Problem, text: str, separator: str
+) -> tuple[list[str], str | None, int]:
+    """(steps, final answer, 0/1 verdict) of a generated solution: the one way text is graded."""
     steps = split_steps(text, separator)
+    answer, correct = grade(task, problem, steps)
+    return steps, answer, correct
+
+
+def graded_steps(
+    task: Task, problem: Problem, steps: list[str], truth: bool = True
+) -> dict[str, Any]:
+    """A solution already split into steps, checked: the record's task-dependent fields
+    (`step_truth` None unless `truth`)."""
     answer, correct = grade(task, problem, steps)
     return {
         "problem_id": problem.id,
@@ -104,8 +116,13 @@ def graded(task: Task, problem: Problem, text: str, separator: str) -> dict[str,
         "steps": steps,
         "answer": answer,
         "correct": correct,
-        "step_truth": task.step_truth(problem, steps),
+        "step_truth": task.step_truth(problem, steps) if truth else None,
     }
+
+
+def graded(task: Task, problem: Problem, text: str, separator: str) -> dict[str, Any]:
+    """A generated solution split into steps and checked: the record's task-dependent fields."""
+    return graded_steps(task, problem, split_steps(text, separator))
 
 
 def sample_graded(

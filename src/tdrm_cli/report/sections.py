@@ -293,9 +293,12 @@ def prm_cost_section(cfg, quality: dict) -> str:
     for run_dir in cfg.bon:  # the last bon run holding a curve gives its value
         rows_ = read_json(Path(run_dir), "results.json")["rows"]
         at_16.update({r["name"]: r["accuracy"] for r in rows_ if r["n"] == 16})
+    from tdrm_cli.stages.eval import prm_names
+
     rows = []
+    names = prm_names(list(cfg.prm))
     for path in cfg.prm:
-        name = Path(path).name or path
+        name = names[path]
         manifest_path = Path(path) / "manifest.json"
         if name not in quality or not manifest_path.is_file():
             continue

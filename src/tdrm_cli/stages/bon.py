@@ -249,8 +249,8 @@ def against_majority(
 def write_scores(path: Path, rows: list[dict[str, Any]], labels: list[str]) -> None:
     import pyarrow as pa
 
-    scores = [(f"scores_{label}", pa.list_(pa.float64())) for label in labels]
-    atomic_write_bytes(path, parquet_bytes(records_table(rows, COLUMNS, scores)))
+    scores = {f"scores_{label}": pa.list_(pa.float64()) for label in labels}
+    atomic_write_bytes(path, parquet_bytes(records_table(rows, [*COLUMNS, *scores], scores)))
 
 
 def print_table(results: list[dict[str, Any]], problems: int, n_max: int) -> None:

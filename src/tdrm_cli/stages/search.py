@@ -32,7 +32,8 @@ from tdrm_cli.runs import atomic_write_bytes, atomic_write_json, resolve_model, 
 from tdrm_cli.search.methods import METHODS, SearchResult, derive_seed
 from tdrm_cli.search.policy import HFStepPolicy
 from tdrm_cli.search.scoring import make_scorer
-from tdrm_cli.tasks import Problem, Task, grade, load_task
+from tdrm_cli.solutions import graded_steps, parquet_bytes, records_table
+from tdrm_cli.tasks import Problem, Task, load_task
 from tdrm_cli.voting import aggregate
 
 SCORES = "scores.parquet"
@@ -43,28 +44,19 @@ PLOT = "search_accuracy_vs_tokens.png"
 def solution_rows(
     result: SearchResult, problems: list[Problem], task: Task, method: str, prm: str, agg: str
 ) -> list[dict]:
-    rows = []
-    for node in result.finished:
-        problem = problems[node.problem]
-        answer, correct = grade(task, problem, node.steps)
-        rows.append(
-            {
-                "method": method,
-                "prm": prm,
-                "problem_id": problem.id,
-                "prompt": problem.question,
-                "gold": problem.gold,
-                "tree": node.tree,
-                "steps": node.steps,
-                "step_scores": node.step_scores,
-                "score": aggregate(node.step_scores, agg),
-                "answer": answer,
-                "correct": correct,
-                "tokens": node.tokens,
-                "ended": node.ended,
-            }
-        )
-    return rows
+    return [
+        {
+            **graded_steps(task, problems[node.problem], node.steps, truth=False),
+            "method": method,
+            "prm": prm,
+            "tree": node.tree,
+            "step_scores": node.step_scores,
+            "score": aggregate(node.step_scores, agg),
+            "tokens": node.tokens,
+            "ended": node.ended,
+        }
+        for node in result.finished
+    ]
 
 
 def evaluate(
@@ -95,30 +87,23 @@ def evaluate(
     }
 
 
+COLUMNS = ("method", "prm", "problem_id", "prompt", "gold", "tree", "steps", "step_scores",
+           "score", "answer", "correct", "tokens", "ended")  # fmt: skip
+
+
 def write_scores(path: Path, rows: list[dict]) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    schema = pa.schema(
-        [
-            ("method", pa.string()),
-            ("prm", pa.string()),
-            ("problem_id", pa.string()),
-            ("prompt", pa.string()),
-            ("gold", pa.string()),
-            ("tree", pa.int64()),
-            ("steps", pa.list_(pa.string())),
-            ("step_scores", pa.list_(pa.float64())),
-            ("score", pa.float64()),
-            ("answer", pa.string()),
-            ("correct", pa.int64()),
-            ("tokens", pa.int64()),
-            ("ended", pa.string()),
-        ]
-    )
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    extra = {
+        "method": pa.string(),
+        "prm": pa.string(),
+        "tree": pa.int64(),
+        "step_scores": pa.list_(pa.float64()),
+        "score": pa.float64(),
+        "tokens": pa.int64(),
+        "ended": pa.string(),
+    }
+    atomic_write_bytes(path, parquet_bytes(records_table(rows, COLUMNS, extra)))
 
 
 def print_table(results: list[dict], seconds: dict[str, float], problems: int, vote: str) -> None:

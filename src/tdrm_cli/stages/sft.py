@@ -16,8 +16,9 @@ from typing import Any
 from tdrm_cli.configs.train import SFTConfig
 from tdrm_cli.console import console, log
 from tdrm_cli.runs import Run, atomic_write_json, run_stage, save_model
-from tdrm_cli.steps import DEFAULT_SEPARATOR, POLICY_META, join_steps, split_steps
-from tdrm_cli.tasks import Problem, Task, grade, load_task
+from tdrm_cli.solutions import sample_graded, split_and_grade
+from tdrm_cli.steps import DEFAULT_SEPARATOR, POLICY_META, join_steps
+from tdrm_cli.tasks import Problem, Task, load_task
 
 PROMPT_TEMPLATE = "{question}\n\n"
 CHARS = "0123456789+-*/=:()., \n?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -133,7 +134,7 @@ def greedy_pass1(model: Any, tokenizer: Any, task: Task, problems: list[Problem]
     )
     model.train(was_training)
     right = [
-        grade(task, p, split_steps(c[0].text))[1]
+        split_and_grade(task, p, c[0].text, DEFAULT_SEPARATOR)[2]
         for p, c in zip(problems, completions, strict=True)
     ]
     return sum(right) / len(right)
@@ -288,15 +289,16 @@ def evaluate_policy(model_dir: Path, task: Task, n_problems: int, seed: int) -> 
     problems = task.problems("test", n_problems)
     backend = HFBackend(str(model_dir), batch_size=200)
     prompts = [PROMPT_TEMPLATE.format(question=p.question) for p in problems]
-    greedy = backend.generate(prompts, Sampling(n=1, temperature=0.0, max_new_tokens=96))
-    sampled = backend.generate(
-        prompts, Sampling(n=1, temperature=1.0, max_new_tokens=96, seed=seed)
+    greedy, sampled = (
+        sample_graded(backend, task, problems, prompts, sampling, DEFAULT_SEPARATOR)
+        for sampling in (
+            Sampling(n=1, temperature=0.0, max_new_tokens=96),
+            Sampling(n=1, temperature=1.0, max_new_tokens=96, seed=seed),
+        )
     )
-    correct, wrong_step = [], []
-    for p, g, s in zip(problems, greedy, sampled, strict=True):
-        correct.append(grade(task, p, split_steps(g[0].text))[1])
-        truth = task.step_truth(p, split_steps(s[0].text))
-        wrong_step.append(truth is not None and (len(truth) == 0 or min(truth) == 0))
+    correct = [g[0]["correct"] for g in greedy]
+    truths = [s[0]["step_truth"] for s in sampled]
+    wrong_step = [t is not None and (len(t) == 0 or min(t) == 0) for t in truths]
     n = max(len(problems), 1)
     return {
         "pass@1": round(sum(correct) / n, 4),
