@@ -8,8 +8,6 @@ solutions, so digits, operators and the "\\n\\n" separator merge into multi-char
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from tdrm_cli.tasks.arith import ArithTask
@@ -17,18 +15,18 @@ from test_prm import (
     arith_solutions,
     diffs_from_reference,
     likelihood_prm,
+    make_tiny_base,
     per_prefix_scores,
     prm_from_base,
 )
 
 
 def make_bpe_base(path):
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import PreTrainedTokenizerFast
 
     from tdrm_cli.stages.sft import PROMPT_TEMPLATE
-    from tdrm_cli.steps import DEFAULT_SEPARATOR, POLICY_META
+    from tdrm_cli.steps import DEFAULT_SEPARATOR
 
     task = ArithTask(ops=3)
     corpus = [
@@ -48,18 +46,7 @@ def make_bpe_base(path):
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    Qwen2ForCausalLM(config).save_pretrained(str(path))
-    tokenizer.save_pretrained(str(path))
-    meta = {"prompt_template": PROMPT_TEMPLATE, "separator": DEFAULT_SEPARATOR, "task": "arith"}
-    (path / POLICY_META).write_text(json.dumps(meta))
-    return path
+    return make_tiny_base(path, tokenizer=tokenizer)
 
 
 @pytest.fixture(scope="module")

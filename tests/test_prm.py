@@ -25,15 +25,16 @@ from tdrm_cli.tasks.arith import ArithTask
 from tdrm_cli.voting import AGGREGATIONS, aggregate
 
 
-def make_tiny_base(path, hidden: int = 32, layers: int = 2, seed: int = 0):
-    """A seeded random Qwen2 causal LM with the sft char tokenizer and policy meta (no training)."""
+def make_tiny_base(path, hidden: int = 32, layers: int = 2, seed: int = 0, tokenizer=None):
+    """A seeded random Qwen2 causal LM with policy meta (no training), for the sft char
+    tokenizer or the `tokenizer` given."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from tdrm_cli.stages.sft import PROMPT_TEMPLATE, build_char_tokenizer
     from tdrm_cli.steps import DEFAULT_SEPARATOR, POLICY_META
 
-    tokenizer = build_char_tokenizer()
+    tokenizer = tokenizer or build_char_tokenizer()
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=len(tokenizer),

@@ -15,9 +15,8 @@ import random
 import pytest
 
 from conftest import invoke
-from tdrm_cli.configs.sample import CollectConfig
-from tdrm_cli.runs import prepare_run
 from test_prm import make_tiny_base
+from test_train_prm import write_collect_run
 
 STEPS, PROBLEMS, SAMPLES = 4, 96, 8
 
@@ -42,15 +41,6 @@ def parity_rollouts(seed: int, shuffle: bool) -> list[dict]:
         for row, verdict in zip(rows, verdicts, strict=True):
             row["correct"] = verdict
     return rows
-
-
-def write_collect_run(path, policy, rows):
-    import pandas as pd
-
-    run = prepare_run("collect", CollectConfig(policy=str(policy), out=str(path)))
-    pd.DataFrame(rows).to_parquet(path / "rollouts.parquet")
-    run.complete({"rows": len(rows)})
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,6 @@ def make_collect_run(
 ) -> Path:
     """A complete collect run folder holding realistic arith rollouts (`cut=False`: every
     rollout keeps all its steps, so all have the same number)."""
-    import pandas as pd
 
     task, rng = ArithTask(ops=3), random.Random(seed)
     rows = []
@@ -85,6 +84,13 @@ def make_collect_run(
                     "sample_idx": k,
                 }
             )
+    return write_collect_run(path, policy, rows, seed)
+
+
+def write_collect_run(path: Path, policy: Path, rows: list[dict], seed: int = 0) -> Path:
+    """A complete collect run folder holding `rows` as its rollouts."""
+    import pandas as pd
+
     run = prepare_run("collect", CollectConfig(policy=str(policy), out=str(path), seed=seed))
     pd.DataFrame(rows).to_parquet(path / "rollouts.parquet")
     run.complete({"rows": len(rows)})
