@@ -19,11 +19,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tdrm_cli.errors import UsageError
-from tdrm_cli.steps import DEFAULT_SEPARATOR, split_steps
+from tdrm_cli.steps import (
+    DEFAULT_SEPARATOR,
+    build_prompt,
+    prompt_format,
+    read_policy_meta,
+    split_steps,
+)
 from tdrm_cli.tasks import Problem, Task, grade
 
 ROLLOUTS = "rollouts.parquet"
@@ -123,6 +130,53 @@ def graded_steps(
 def graded(task: Task, problem: Problem, text: str, separator: str) -> dict[str, Any]:
     """A generated solution split into steps and checked: the record's task-dependent fields."""
     return graded_steps(task, problem, split_steps(text, separator))
+
+
+@dataclass
+class Policy:
+    """A policy ready to sample from: its generation backend, prompt metadata and separator."""
+
+    backend: Any
+    meta: dict[str, Any]
+    separator: str
+    prompt_format: str
+
+    def prompt(self, question: str) -> str:
+        return build_prompt(self.backend.tokenizer, question, self.meta)
+
+    def sample(
+        self,
+        task: Task,
+        problems: list[Problem],
+        sampling: Any,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """`sampling.n` graded solutions per problem (see `sample_graded`)."""
+        prompts = [self.prompt(p.question) for p in problems]
+        return sample_graded(
+            self.backend, task, problems, prompts, sampling, self.separator, on_batch
+        )
+
+
+def load_policy(
+    model_path: str,
+    backend: str = "hf",
+    batch_size: int = 64,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> Policy:
+    """A policy model folder behind the named generation backend, with its prompt metadata."""
+    from tdrm_cli.generation import load_backend
+
+    loaded = load_backend(
+        backend,
+        model_path,
+        batch_size=batch_size,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
+    meta = read_policy_meta(model_path)
+    return Policy(loaded, meta, separator_of(meta), prompt_format(loaded.tokenizer, meta))
 
 
 def sample_graded(

@@ -25,7 +25,7 @@ from tdrm_cli import plots, voting
 from tdrm_cli.configs.sample import BonConfig
 from tdrm_cli.console import console, log, progress
 from tdrm_cli.errors import UsageError
-from tdrm_cli.generation import Sampling, check_backend, load_backend
+from tdrm_cli.generation import Sampling, check_backend
 from tdrm_cli.prm import PRM, load_prm
 from tdrm_cli.runs import (
     atomic_write_bytes,
@@ -34,14 +34,12 @@ from tdrm_cli.runs import (
     run_stage,
 )
 from tdrm_cli.solutions import (
+    load_policy,
     parquet_bytes,
     records_table,
     rollouts_table,
     row_problem,
-    sample_graded,
-    separator_of,
 )
-from tdrm_cli.steps import build_prompt, read_policy_meta
 from tdrm_cli.tasks import load_task
 
 SCORES = "scores.parquet"
@@ -106,15 +104,9 @@ def sample_candidates(cfg: BonConfig, model_path: str) -> tuple[list[dict[str, A
     """`--n` samples per problem from the policy, split into steps and checked; (rows, tokens)."""
     task = load_task(cfg.task)
     problems = task.problems(cfg.split, cfg.problems)
-    backend = load_backend(
-        cfg.backend,
-        model_path,
-        batch_size=cfg.batch_size,
-        trust_remote_code=cfg.trust_remote_code,
-        allow_pickle=cfg.allow_pickle,
+    policy = load_policy(
+        model_path, cfg.backend, cfg.batch_size, cfg.trust_remote_code, cfg.allow_pickle
     )
-    meta = read_policy_meta(model_path)
-    prompts = [build_prompt(backend.tokenizer, p.question, meta) for p in problems]
     sampling = Sampling(
         n=cfg.n,
         temperature=cfg.temperature,
@@ -124,16 +116,14 @@ def sample_candidates(cfg: BonConfig, model_path: str) -> tuple[list[dict[str, A
     )
     tokens = 0
     with progress() as bar:
-        job = bar.add_task("sampling", total=len(prompts) * cfg.n)
+        job = bar.add_task("sampling", total=len(problems) * cfg.n)
 
         def on_batch(sequences: int, generated: int) -> None:
             nonlocal tokens
             tokens += generated
             bar.update(job, advance=sequences)
 
-        groups = sample_graded(
-            backend, task, problems, prompts, sampling, separator_of(meta), on_batch=on_batch
-        )
+        groups = policy.sample(task, problems, sampling, on_batch=on_batch)
     rows = [row for group in groups for row in group]
     return rows, tokens
 

@@ -21,7 +21,6 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from rich.text import Text
 from tdrm_cli.configs.sample import CollectConfig
 from tdrm_cli.console import console, log, progress
 from tdrm_cli.errors import UsageError
-from tdrm_cli.generation import Backend, Sampling, check_backend, load_backend
+from tdrm_cli.generation import Sampling, check_backend
 from tdrm_cli.metrics import coupling
 from tdrm_cli.runs import (
     atomic_write_bytes,
@@ -45,17 +44,14 @@ from tdrm_cli.runs import (
 from tdrm_cli.solutions import ROLLOUT_COLUMNS as COLUMNS
 from tdrm_cli.solutions import (
     ROLLOUTS,
+    Policy,
+    load_policy,
     parquet_bytes,
     records_table,
-    sample_graded,
     schema,
-    separator_of,
 )
 from tdrm_cli.steps import (
-    build_prompt,
     join_steps,
-    prompt_format,
-    read_policy_meta,
     split_steps,
 )
 from tdrm_cli.tasks import Problem, Task, grade, load_task
@@ -89,31 +85,9 @@ def read_rollouts(path: str | Path):
     return pd.DataFrame(table.to_pydict(), columns=list(COLUMNS))
 
 
-@dataclass
-class Policy:
-    backend: Backend
-    meta: dict[str, Any]
-    separator: str
-    prompt_format: str
-
-    def prompt(self, question: str) -> str:
-        return build_prompt(self.backend.tokenizer, question, self.meta)
-
-
-def load_policy(cfg: CollectConfig, model_path: str) -> Policy:
-    backend = load_backend(
-        cfg.backend,
-        model_path,
-        batch_size=cfg.batch_size,
-        trust_remote_code=cfg.trust_remote_code,
-        allow_pickle=cfg.allow_pickle,
-    )
-    meta = read_policy_meta(model_path)
-    return Policy(
-        backend,
-        meta,
-        separator_of(meta),
-        prompt_format(backend.tokenizer, meta),
+def open_policy(cfg: CollectConfig, model_path: str) -> Policy:
+    return load_policy(
+        model_path, cfg.backend, cfg.batch_size, cfg.trust_remote_code, cfg.allow_pickle
     )
 
 
@@ -224,15 +198,7 @@ def collect_shard(
         max_new_tokens=cfg.max_new_tokens,
         seed=shard_seed(cfg.seed, index, "samples"),
     )
-    groups = sample_graded(
-        policy.backend,
-        task,
-        problems,
-        [prompts[p.id] for p in problems],
-        sampling,
-        policy.separator,
-        on_batch=meter.on_batch,
-    )
+    groups = policy.sample(task, problems, sampling, on_batch=meter.on_batch)
     rows = [{**row, "step_labels": None, "policy": cfg.policy} for group in groups for row in group]
     if cfg.mc_rollouts:
         seed = shard_seed(cfg.seed, index, "mc")
@@ -418,7 +384,7 @@ def run(cfg: CollectConfig) -> Path:
         run.add_input("policy", cfg.policy)
         shard_dir = run.path / SHARDS
         check_plan(shard_dir, cfg)
-        policy = load_policy(cfg, model_path)
+        policy = open_policy(cfg, model_path)
         log(
             f"policy {cfg.policy}: prompt format '{policy.prompt_format}', separator {policy.separator!r}, backend {cfg.backend}"
         )

@@ -33,41 +33,23 @@ RESULTS = "metrics.json"
 
 def sample_policy(cfg: EvalConfig, model_path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """k samples per problem (rows with steps, verdict, truth) and the policy metrics."""
-    from tdrm_cli.generation import Sampling, load_backend
-    from tdrm_cli.solutions import sample_graded, separator_of
-    from tdrm_cli.steps import build_prompt, read_policy_meta
+    from tdrm_cli.generation import Sampling
+    from tdrm_cli.solutions import load_policy
     from tdrm_cli.voting import majority
 
     task = load_task(cfg.task)
     problems = task.problems(cfg.split, cfg.problems)
-    backend = load_backend(
-        "hf",
-        model_path,
-        batch_size=cfg.batch_size,
-        trust_remote_code=cfg.trust_remote_code,
-        allow_pickle=cfg.allow_pickle,
-    )
-    meta = read_policy_meta(model_path)
-    separator = separator_of(meta)
-    prompts = [build_prompt(backend.tokenizer, p.question, meta) for p in problems]
+    policy = load_policy(model_path, "hf", cfg.batch_size, cfg.trust_remote_code, cfg.allow_pickle)
     log(f"eval: greedy + {cfg.k} samples on {len(problems)} {cfg.split} problems")
-    greedy = sample_graded(
-        backend,
-        task,
-        problems,
-        prompts,
-        Sampling(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens),
-        separator,
+    greedy = policy.sample(
+        task, problems, Sampling(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
     )
-    sampled = sample_graded(
-        backend,
+    sampled = policy.sample(
         task,
         problems,
-        prompts,
         Sampling(
             n=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed
         ),
-        separator,
     )
     rows, greedy_hits, maj_hits, any_hits = [], 0, 0, 0
     for p_index, (g, group) in enumerate(zip(greedy, sampled, strict=True)):
