@@ -9,10 +9,10 @@ import pytest
 
 from conftest import invoke, one_line_error
 from tdrm_cli import prm_trainer, rewards
-from tdrm_cli.config import field_help
+from tdrm_cli.config import field_help, listed
 from tdrm_cli.configs.train import RLConfig, TrainPRMConfig
 from tdrm_cli.prm import Encoded
-from tdrm_cli.targets import ONLINE_LOSSES, TARGETS, Targets, one_of
+from tdrm_cli.targets import ONLINE_LOSSES, TARGETS, Targets
 from tdrm_cli.tasks.arith import ArithTask
 from test_rl import TINY, make_prm_dir
 
@@ -158,7 +158,7 @@ def test_every_registered_loss_is_complete(name):
 
 def test_unknown_loss_lists_the_registry(tmp_path):
     result = invoke("train-prm", "--data", "d", "--loss", "bogus", "--out", tmp_path / "r")
-    assert one_line_error(result) == f"error: --loss bogus: expected {one_of(TARGETS)}"
-    assert one_of(TARGETS) == "td, mc, truth or outcome"
+    assert one_line_error(result) == f"error: --loss bogus: expected {listed(TARGETS)}"
+    assert listed(TARGETS) == "td, mc, truth or outcome"
     result = invoke("rl", "--policy", "p", "--prm", "q", "--loss", "bogus", "--out", tmp_path / "r")
     assert one_line_error(result) == "error: --loss bogus: expected td or outcome"

@@ -56,10 +56,10 @@ def test_each_field_has_one_rule(change, message):
 def test_needed_per_step_fields_are_named_with_the_option_that_needs_them():
     row = {**GOOD, "step_labels": None, "step_truth": None}
     assert row_problem(row) is None
-    assert row_problem(row, labels_for="--loss mc") == (
+    assert row_problem(row, {"step_labels": "--loss mc"}) == (
         "field 'step_labels' is empty, but --loss mc needs it"
     )
-    assert row_problem(row, truth_for="--loss truth") == (
+    assert row_problem(row, {"step_truth": "--loss truth"}) == (
         "field 'step_truth' is empty, but --loss truth needs it"
     )
 

@@ -287,11 +287,10 @@ def _per_step(row: dict[str, Any], key: str, n_steps: int, why: str | None) -> s
     return None
 
 
-def row_problem(
-    row: dict[str, Any], labels_for: str | None = None, truth_for: str | None = None
-) -> str | None:
+def row_problem(row: dict[str, Any], needs: dict[str, str] | None = None) -> str | None:
     """What makes one record unusable, as "field 'F' ...", or None. Checks the fields the row
-    holds; `labels_for` / `truth_for` name the option that needs `step_labels` / `step_truth`."""
+    holds; `needs` maps `step_labels` / `step_truth` to the option that needs them filled."""
+    needs = needs or {}
     for key, what in (("problem_id", "text"), ("prompt", "the question text"), ("gold", "text")):
         problem = _text(row, key, what) if key in row else None
         if problem:
@@ -310,8 +309,10 @@ def row_problem(
         got = f"a {type(steps).__name__}" if not is_list(steps) else "a list holding non-strings"
         return f"field 'steps' is {got}, expected a list of strings"
     n_steps = 0 if steps is None else len(steps)
-    if truth_for or "step_truth" in row:
-        problem = _per_step(row, "step_truth", n_steps, truth_for)
+    for key in ("step_truth", "step_labels"):
+        problem = (
+            _per_step(row, key, n_steps, needs.get(key)) if key in row or key in needs else None
+        )
         if problem:
             return problem
-    return _per_step(row, "step_labels", n_steps, labels_for)
+    return None

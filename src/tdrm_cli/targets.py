@@ -5,7 +5,7 @@
 their targets through it, so a new loss is one target function plus one entry here.
 
 Light to import: torch comes in with `td.py` inside the target functions, which keeps
-config.py, and so `tdrm --help`, free of it.
+the stage configs, and so `tdrm --help`, free of it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+from tdrm_cli.config import listed
 
 
 @dataclass
@@ -84,6 +86,24 @@ def _td_label(spec: Targets) -> str:
     return f"n-step n={spec.n_step}" if spec.n_step else f"TD(lambda={spec.td_lambda})"
 
 
+class Needs(NamedTuple):
+    """A rollout column a loss fits beyond the verdict (online rollouts have none)."""
+
+    column: str
+    """The `rollouts.parquet` column (`solutions.py`), checked per row when the loss is used."""
+    what: str
+    """The labels in words."""
+    source: str
+    """Where rollouts get them, for the error when a run has none."""
+    pronoun: str = "them"
+
+
+MC_LABELS = Needs("step_labels", "Monte-Carlo step labels", "collect with --mc-rollouts > 0")
+STEP_TRUTH = Needs(
+    "step_truth", "exact step truth", "the task cannot check single steps", pronoun="it"
+)
+
+
 class Loss(NamedTuple):
     """One `--loss`: its target function and how it is shown."""
 
@@ -93,20 +113,17 @@ class Loss(NamedTuple):
     """What the target is, in `--loss` help."""
     label: Callable[[Targets], str]
     """The target with its settings, in the train-prm log line."""
-    needs: str | None = None
-    """The labels it fits beyond the verdict, which rollouts scored online do not have."""
+    needs: Needs | None = None
 
 
 TARGETS: dict[str, Loss] = {
     "td": Loss(_td_target, "TD(lambda), or n-step with --n-step", _td_label),
-    "mc": Loss(
-        _mc_target, "Monte-Carlo step labels", lambda _: "MC labels", "Monte-Carlo step labels"
-    ),
+    "mc": Loss(_mc_target, "Monte-Carlo step labels", lambda _: "MC labels", MC_LABELS),
     "truth": Loss(
         _truth_target,
         "exact step_truth, prefix-correct: the ceiling for this backbone and data",
         lambda _: "exact step truth (prefix-correct)",
-        "exact step truth",
+        STEP_TRUTH,
     ),
     "outcome": Loss(_outcome_target, "verdict at every step", lambda _: "outcome"),
 }
@@ -115,19 +132,13 @@ ONLINE_LOSSES = tuple(name for name, loss in TARGETS.items() if loss.needs is No
 """The losses a PRM can take on fresh rollouts, which carry only the verifier's verdict."""
 
 
-def one_of(names: Iterable[str]) -> str:
-    """`a, b or c`, for help and error lines."""
-    names = list(names)
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
-
-
 def loss_help(names: Iterable[str]) -> str:
     """The `--loss` choices among `names`, each with what it fits."""
-    return one_of(f"{name} ({TARGETS[name].help})" for name in names)
+    return listed(f"{name} ({TARGETS[name].help})" for name in names)
 
 
 def loss_refused(loss: str, losses: Sequence[str]) -> str:
     """The error line for a `--loss` outside `losses`; a loss left out for its labels says so."""
     needs = TARGETS[loss].needs if loss in TARGETS else None
-    why = f"fits {needs}, which online rollouts lack; " if needs else ""
-    return f"--loss {loss}: {why}expected {one_of(losses)}"
+    why = f"fits {needs.what}, which online rollouts lack; " if needs else ""
+    return f"--loss {loss}: {why}expected {listed(losses)}"

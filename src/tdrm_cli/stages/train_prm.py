@@ -41,7 +41,7 @@ from tdrm_cli.runs import (
 )
 from tdrm_cli.solutions import is_list, rollouts_table, row_problem
 from tdrm_cli.steps import read_policy_meta
-from tdrm_cli.targets import Targets
+from tdrm_cli.targets import MC_LABELS, TARGETS, Needs, Targets
 from tdrm_cli.voting import AGGREGATIONS, aggregate
 
 REQUIRED_COLUMNS = ("problem_id", "prompt", "steps", "correct")
@@ -56,6 +56,18 @@ def _row_name(frame, i: int) -> str:
     return f"row {i} (problem {row['problem_id']}{sample})"
 
 
+def needed_columns(cfg: TrainPRMConfig) -> dict[str, tuple[str, Needs]]:
+    """column -> (the option that needs it, what it is): the labels `--loss` fits, and the
+    MC labels `--td-mix` mixes in (in some rows at least: a row without is plain TD)."""
+    needs = {}
+    loss = TARGETS[cfg.loss].needs
+    if loss is not None:
+        needs[loss.column] = (f"--loss {cfg.loss}", loss)
+    if cfg.td_mix is not None:
+        needs.setdefault(MC_LABELS.column, ("--td-mix", MC_LABELS))
+    return needs
+
+
 def load_rollouts(cfg: TrainPRMConfig):
     """(the collect run's rollouts with steps, how many rows without steps were dropped).
 
@@ -65,26 +77,17 @@ def load_rollouts(cfg: TrainPRMConfig):
     if frame.empty:
         raise UsageError(f"{path}: no rows")
     frame = frame.reset_index(drop=True)
-    needed_by = "--loss mc" if cfg.loss == "mc" else "--td-mix" if cfg.td_mix is not None else None
-    if needed_by and (
-        "step_labels" not in frame.columns or all(v is None for v in frame["step_labels"])
-    ):
-        raise UsageError(
-            f"{path}: no step_labels (collect with --mc-rollouts > 0), but {needed_by} needs them"
-        )
-    if cfg.loss == "truth" and (
-        "step_truth" not in frame.columns or all(v is None for v in frame["step_truth"])
-    ):
-        raise UsageError(
-            f"{path}: no step_truth (the task cannot check single steps), but --loss truth needs it"
-        )
+    needs = needed_columns(cfg)
+    for column, (flag, need) in needs.items():
+        if column not in frame.columns or all(v is None for v in frame[column]):
+            raise UsageError(
+                f"{path}: no {column} ({need.source}), but {flag} needs {need.pronoun}"
+            )
     columns = [c for c in (*REQUIRED_COLUMNS, "step_labels", "step_truth") if c in frame.columns]
+    loss = TARGETS[cfg.loss].needs  # every row needs what its loss fits
+    flags = {loss.column: f"--loss {cfg.loss}"} if loss else {}
     for i, row in enumerate(frame[columns].itertuples(index=False, name=None)):
-        problem = row_problem(
-            dict(zip(columns, row, strict=True)),
-            labels_for="--loss mc" if cfg.loss == "mc" else None,
-            truth_for="--loss truth" if cfg.loss == "truth" else None,
-        )
+        problem = row_problem(dict(zip(columns, row, strict=True)), flags)
         if problem:
             raise UsageError(f"{path}: {_row_name(frame, i)}: {problem}")
     frame["steps"] = [[] if steps is None else list(steps) for steps in frame["steps"]]
