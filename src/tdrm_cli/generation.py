@@ -173,6 +173,7 @@ class HFBackend:
         backend.tokenizer = tokenizer
         backend._use(model, next(model.parameters()).device, batch_size)
         backend.add_special_tokens = True
+        backend.trained = True
         return backend
 
     def _use(self, model: Any, device: Any, batch_size: int) -> None:
@@ -181,6 +182,8 @@ class HFBackend:
         self.context: int | None = getattr(model.config, "max_position_embeddings", None)
         self.add_special_tokens: bool | None = None
         """None: add them unless every prompt of a batch starts with the BOS already."""
+        self.trained = False
+        """A model a trainer is updating (`wrap`): generate under no_grad, not inference_mode."""
 
     def _stop_ids(self) -> list[int]:
         """The tokenizer's EOS plus the model's own (chat models often end turns with another id)."""
@@ -222,9 +225,9 @@ class HFBackend:
                 )
             if kwargs["do_sample"]:  # greedy draws nothing: a trainer's RNG stays as it was
                 torch.manual_seed(sampling.seed * 1_000_003 + start)
-            # no_grad, not inference_mode: a wrapped model in training must not get inference
-            # tensors in its buffers (its next backward would fail on them)
-            with torch.no_grad():
+            # A model in training must not get inference tensors in its buffers (its next
+            # backward would fail on them); any other model takes the faster inference_mode.
+            with torch.no_grad() if self.trained else torch.inference_mode():
                 out = self.model.generate(
                     **enc,
                     max_new_tokens=sampling.max_new_tokens,
