@@ -120,8 +120,13 @@ def prm_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def servers(prm_dir, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("logs")
+def logs(tmp_path_factory):
+    """Where the servers' stdout and stderr go."""
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="module")
+def servers(prm_dir, logs):
     plain = Server(prm_dir, logs / "plain.log", "--max-wait-ms", "20")
     guarded = Server(
         prm_dir, logs / "guarded.log", "--api-key", KEY, "--reward", "prm+rlvr",
@@ -225,6 +230,28 @@ def test_prm_rlvr_with_api_key(servers, prm):
     assert status == 413 and "--max-request-bytes" in out["detail"]
     status, info = call(port, "GET", "/info", key=KEY)
     assert status == 200 and info["reward"] == "prm+rlvr" and info["task"] == "arith"
+
+
+def test_an_empty_label_under_prm_rlvr_is_a_422_on_the_wire_and_in_the_log(servers, logs, prm):
+    plain, port = servers
+    _, prompts, completions, golds = rollouts(prm, 2)
+    queries = [p + c for p, c in zip(prompts, completions, strict=True)]
+    # OpenRLHF sends "" for every label when --data.label_key is not set
+    for labels, blank in [([golds[0], ""], 1), ([" \n", golds[1]], 0), (["", ""], 0)]:
+        body = {"query": queries, "prompts": prompts, "labels": labels}
+        status, out = call(port, "POST", "/get_reward", body, key=KEY)
+        assert status == 422 and out["detail"].startswith(f"'labels[{blank}]' is empty"), out
+        assert "--data.label_key" in out["detail"] and "older: --label_key" in out["detail"]
+    # --reward prm ignores labels
+    assert call(plain, "POST", "/get_reward", {"query": queries, "labels": ["", ""]})[0] == 200
+    # OpenRLHF's client drops the body of a 4xx: the reason is on the server's stderr, once
+    # for the three requests (one mistake, repeated within the log's window)
+    expected = "tdrm serve: 422 POST /get_reward: 'labels[1]' is empty, but --reward prm+rlvr"
+    deadline = time.monotonic() + 10
+    while expected not in (logs / "guarded.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = [line for line in (logs / "guarded.log").read_text().splitlines() if "is empty" in line]
+    assert len(lines) == 1 and lines[0].startswith(expected) and "--data.label_key" in lines[0]
 
 
 # ---------------------------------------------------------------- /score, /info

@@ -168,3 +168,38 @@ def test_a_prm_with_nan_weights_is_refused_and_nan_values_never_leave(prm_dir, t
         prm.model.score.weight.fill_(math.nan)  # as if it broke after loading
     with pytest.raises(NonFinite, match="non-finite"):
         prm.score(["q"], [["a"]])
+
+
+def test_the_error_log_writes_one_line_per_reason_per_window():
+    from tdrm_cli.serve_http import ErrorLog
+
+    lines: list[str] = []
+    now = [0.0]
+    log = ErrorLog(every_s=10.0, write=lines.append, clock=lambda: now[0])
+    log(422, "POST", "/get_reward", "'labels[0]' is empty")
+    log(422, "POST", "/get_reward", "'labels[3]' is empty")  # the same mistake: held back
+    log(413, "POST", "/score", "request holds 2000 solutions\nsecond line")  # another: written
+    now[0] = 9.0
+    log(422, "POST", "/get_reward", "'labels[1]' is empty")  # held back
+    assert lines == [
+        "tdrm serve: 422 POST /get_reward: 'labels[0]' is empty",
+        "tdrm serve: 413 POST /score: request holds 2000 solutions\\nsecond line",
+    ]
+    now[0] = 12.0  # the window is over: written, with the count of those held back
+    log(422, "POST", "/get_reward", "'labels[2]' is empty")
+    assert lines[-1] == (
+        "tdrm serve: 422 POST /get_reward: 'labels[2]' is empty (and 2 more like it in the last 12s)"
+    )
+    log(422, "POST", "/get_reward", "'labels[2]' is empty")
+    assert len(lines) == 3
+
+
+def test_the_error_log_remembers_a_bounded_number_of_reasons():
+    from tdrm_cli.serve_http import ErrorLog
+
+    lines: list[str] = []
+    log = ErrorLog(every_s=10.0, write=lines.append, clock=lambda: 0.0)
+    for i in range(3 * ErrorLog.MAX_REASONS):
+        path = "/" + "".join("abcdefghij"[int(d)] for d in str(i))  # a new reason each time
+        log(404, "GET", path, "Not Found")
+    assert len(lines) == 3 * ErrorLog.MAX_REASONS and len(log.last) <= ErrorLog.MAX_REASONS

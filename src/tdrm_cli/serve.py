@@ -11,7 +11,8 @@ beside it: `serve_config` (the options), `serve_requests` (what each endpoint co
 the checks of request bodies), `serve_batcher` (concurrent requests scored in one pass on
 one model thread, a bounded queue: 503 when full) and `serve_http` (size and time limits
 on requests, connections and sockets). Every error answer is `{"detail": "<one line>"}`
-(the list: docs/design.md#reward-server).
+(the list: docs/design.md#reward-server), and the same line goes to stderr (rate-limited
+per reason), since some clients never show the body of a failed request.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations
@@ -27,7 +28,7 @@ from tdrm_cli.errors import UsageError, error_line
 from tdrm_cli.prm import load_prm
 from tdrm_cli.serve_batcher import MicroBatcher, Overloaded
 from tdrm_cli.serve_config import ServeConfig
-from tdrm_cli.serve_http import bind, guarded_protocol, read_json
+from tdrm_cli.serve_http import ErrorLog, bind, guarded_protocol, read_json
 from tdrm_cli.serve_requests import Endpoints
 
 
@@ -56,7 +57,7 @@ def create_app(
         dependencies=[Depends(bearer_check(cfg.api_key))] if cfg.api_key else [],
         docs_url=None, redoc_url=None, openapi_url=None,
     )  # fmt: skip
-    add_error_answers(app)
+    add_error_answers(app, ErrorLog())
 
     def answer(content: dict[str, Any]) -> Response:
         # json.dumps straight to bytes: FastAPI's response-model encoding of these plain
@@ -106,29 +107,41 @@ def bearer_check(api_key: str):
     return check_key
 
 
-def add_error_answers(app: Any) -> None:
-    """One-line `{"detail"}` answers for a full queue (503), a too-long solution (413), a
-    NaN from the model and any other failure (500)."""
+def add_error_answers(app: Any, log: ErrorLog) -> None:
+    """One-line `{"detail"}` answers for request errors (4xx), a full queue (503), a
+    too-long solution (413), a NaN from the model and any other failure (500), each one
+    also written to `log`."""
     from fastapi import Request
+    from fastapi.exception_handlers import http_exception_handler
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     from tdrm_cli.prm import NonFinite, TooLong
 
+    def logged(request: Request, status: int, detail: str, **kwargs: Any) -> JSONResponse:
+        log(status, request.method, request.url.path, detail)
+        return JSONResponse({"detail": detail}, status_code=status, **kwargs)
+
+    @app.exception_handler(HTTPException)  # http_error, 401, and routing's 404 / 405
+    async def request_error(request: Request, exc: HTTPException):
+        log(exc.status_code, request.method, request.url.path, exc.detail)
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded):
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+        return logged(request, 503, str(exc), headers={"Retry-After": "1"})
 
     @app.exception_handler(TooLong)
     async def too_long(request: Request, exc: TooLong):
-        return JSONResponse({"detail": f"{exc} (--max-tokens)"}, status_code=413)
+        return logged(request, 413, f"{exc} (--max-tokens)")
 
     @app.exception_handler(NonFinite)
     async def non_finite(request: Request, exc: NonFinite):
-        return JSONResponse({"detail": f"internal error: {exc}"}, status_code=500)
+        return logged(request, 500, f"internal error: {exc}")
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):
-        return JSONResponse({"detail": f"internal error: {error_line(exc)}"}, status_code=500)
+        return logged(request, 500, f"internal error: {error_line(exc)}")
 
 
 # ---------------------------------------------------------------- `tdrm serve`

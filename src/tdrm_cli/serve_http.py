@@ -4,14 +4,19 @@ Bodies over `max_request_bytes` get 413 (refused on their Content-Length when th
 declare one), bodies that are not JSON 400. A client must deliver its request headers
 within `read_timeout_s` of connecting (or of its last response), and then its body within
 `read_timeout_s` (408), or its connection is closed, so slow or stuck clients cannot pin
-the server's sockets.
+the server's sockets. Every error answer is also one line on the server's stderr
+(`ErrorLog`): clients such as OpenRLHF's drop the body of a failed request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
+import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from tdrm_cli.errors import UsageError
@@ -22,6 +27,52 @@ def http_error(status: int, detail: str):
     from fastapi import HTTPException
 
     return HTTPException(status_code=status, detail=detail)
+
+
+class ErrorLog:
+    """One stderr line per error answer, `tdrm serve: 422 POST /get_reward: <detail>`, at
+    most one per reason every `every_s` seconds: a client that repeats a bad request (a
+    trainer sends the same one every step) cannot flood the log. The next line written for
+    a reason counts the ones held back since. A reason is the status, path and detail
+    with numbers blanked ('labels[3]' and 'labels[7]' are the same mistake)."""
+
+    MAX_REASONS = 1024  # distinct reasons remembered (a hostile client may send endless ones)
+
+    def __init__(
+        self,
+        every_s: float = 10.0,
+        write: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.every_s, self.clock = every_s, clock
+        self.write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.last: dict[str, float] = {}  # reason -> when its last line was written
+        self.held: dict[str, int] = {}  # reason -> lines held back since then
+
+    def __call__(self, status: int, method: str, path: str, detail: Any) -> None:
+        from tdrm_cli.errors import one_line
+
+        line = one_line(f"{status} {method} {path}: {detail}", 500)
+        reason = re.sub(r"\d+", "N", line)
+        now = self.clock()
+        last = self.last.get(reason)
+        if last is not None and now - last < self.every_s:
+            self.held[reason] = self.held.get(reason, 0) + 1
+            return
+        held = self.held.pop(reason, 0)
+        if held:
+            line += f" (and {held} more like it in the last {now - last:.0f}s)"
+        if len(self.last) >= self.MAX_REASONS:
+            self.forget(now)
+        self.last[reason] = now
+        self.write(f"tdrm serve: {line}")
+
+    def forget(self, now: float) -> None:
+        """Drop the reasons outside their window (all of them when every one is recent)."""
+        old = [r for r, t in self.last.items() if now - t >= self.every_s] or list(self.last)
+        for reason in old:
+            self.last.pop(reason)
+            self.held.pop(reason, None)
 
 
 async def read_json(request: Any, limit: int, timeout_s: float = 30.0) -> Any:

@@ -148,6 +148,28 @@ def _labels(body: dict[str, Any], n: int) -> list[str | None] | None:
     return out
 
 
+LABEL_FLAG = "OpenRLHF 0.11: --data.label_key; older: --label_key"
+"""How a client fills `labels`: told whenever --reward prm+rlvr finds them missing."""
+
+
+def check_gold(labels: list[str | None] | None) -> None:
+    """A 422 unless every query has a gold answer: an empty label would score every
+    verifier term 0 and train on wrong rewards without a word."""
+    if labels is None or None in labels:
+        raise http_error(
+            422,
+            "'labels' (gold answers, one per query) are required with --reward prm+rlvr: "
+            f"set the client's label column ({LABEL_FLAG})",
+        )
+    for i, label in enumerate(labels):
+        if not label.strip():
+            raise http_error(
+                422,
+                f"'labels[{i}]' is empty, but --reward prm+rlvr checks every answer against its "
+                f"label: set the client's label column ({LABEL_FLAG})",
+            )
+
+
 def parse_score_request(body: Any) -> tuple[list[str], list[list[str]], str | None]:
     """(problems, step lists, agg override) of a `/score` body, or a 422."""
     body = _object(body)
@@ -280,10 +302,8 @@ class Endpoints:
     async def get_reward(self, body: Any) -> dict[str, Any]:
         queries, prompts, labels = parse_reward_request(body)
         verifier = self.verifier
-        if verifier is not None and (labels is None or None in labels):
-            raise http_error(
-                422, "'labels' (gold answers, one per query) are required with --reward prm+rlvr"
-            )
+        if verifier is not None:
+            check_gold(labels)
         questions, solutions = self.split_queries(queries, prompts)
         if verifier is None:
             values = await self.step_values(questions, solutions)
