@@ -49,8 +49,10 @@ class StepShape(LogitsProcessor):
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.digits = torch.tensor(tokenizer.convert_tokens_to_ids(list("0123456789")))
-        self.literal = {ch: tokenizer.convert_tokens_to_ids(ch) for ch in set(TEMPLATE) - {"D"}}
+        self.digits = torch.tensor(tokenizer.encode("0123456789", add_special_tokens=False))
+        self.literal = {
+            ch: tokenizer.encode(ch, add_special_tokens=False)[0] for ch in set(TEMPLATE) - {"D"}
+        }
 
     def __call__(self, input_ids, scores):
         allowed = torch.zeros_like(scores, dtype=torch.bool)

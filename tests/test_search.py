@@ -147,8 +147,10 @@ class StepShape:
         import torch
 
         self.tokenizer, self.template = tokenizer, template
-        self.digits = torch.tensor(tokenizer.convert_tokens_to_ids(list("0123456789")))
-        self.literal = {ch: tokenizer.convert_tokens_to_ids(ch) for ch in set(template) - {"D"}}
+        self.digits = torch.tensor(tokenizer.encode("0123456789", add_special_tokens=False))
+        self.literal = {
+            ch: tokenizer.encode(ch, add_special_tokens=False)[0] for ch in set(template) - {"D"}
+        }
 
     def __call__(self, input_ids, scores):
         import torch

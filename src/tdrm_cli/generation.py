@@ -113,8 +113,9 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False):
 
     transformers 5 `AutoTokenizer` picks the class from the model type (a Qwen2 model gets
     `Qwen2Tokenizer`, which swaps in its own byte-level pre-tokenizer) even when the folder
-    saved a generic `tokenizer.json`; for tdrm's character tokenizer that silently drops
-    every newline and space. A folder that says its tokenizer is generic is loaded as such.
+    saved a generic `tokenizer.json`; for the character tokenizer of folders saved before
+    it was spelled byte-level, that silently drops every newline and space. A folder that
+    says its tokenizer is generic is loaded as such.
     """
     import json
     from pathlib import Path
@@ -129,6 +130,21 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False):
     ):
         return PreTrainedTokenizerFast.from_pretrained(model_path)
     return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+
+
+def save_tokenizer(tokenizer: Any, folder: str) -> None:
+    """`save_pretrained`, a generic tokenizer recorded as `PreTrainedTokenizerFast`: the
+    name transformers 4 resolves too (it has no `TokenizersBackend`, the class name
+    transformers 5 writes), so plain `AutoTokenizer.from_pretrained` opens the folder."""
+    import json
+    from pathlib import Path
+
+    tokenizer.save_pretrained(folder)
+    path = Path(folder) / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") in GENERIC_TOKENIZERS:
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 class HFBackend:

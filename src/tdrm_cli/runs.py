@@ -30,6 +30,7 @@ from typing import Any
 
 from tdrm_cli.config import dump_yaml, shown
 from tdrm_cli.errors import JSON_ERRORS, UsageError, error_line
+from tdrm_cli.generation import save_tokenizer
 from tdrm_cli.locks import LOCK, FolderLock
 
 MANIFEST = "manifest.json"
@@ -59,7 +60,7 @@ def save_model(model: Any, tokenizer: Any, folder: Path) -> Path:
     """`save_pretrained` of a model (safetensors only) and its tokenizer, every file 0644
     like the rest of a run folder (transformers writes the weights 0600)."""
     model.save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.save_pretrained(str(folder))
+    save_tokenizer(tokenizer, str(folder))
     for path in Path(folder).iterdir():
         if path.is_file() and not path.is_symlink():
             path.chmod(0o644)

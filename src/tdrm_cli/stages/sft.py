@@ -26,14 +26,26 @@ SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 
 def build_char_tokenizer():
-    """A character-level fast tokenizer: every character is one token, BOS prepended."""
+    """A character-level fast tokenizer: every character is one token, BOS prepended.
+
+    Tokens are spelled in the byte-level alphabet (a space is 'Ġ', a newline 'Ċ') and
+    decoded by the byte-level decoder: transformers 5 `AutoTokenizer` loads a Qwen2
+    folder as `Qwen2Tokenizer`, which keeps the vocabulary and the BOS template but puts
+    its own byte-level pre-tokenizer and decoder around them, so a saved folder then reads
+    every string the same way whichever class opens it (the ids are those of the plain
+    characters: whitespace used to be spelled as itself, which Qwen2Tokenizer dropped).
+    """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + list(CHARS))}
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    spelled = [byte_level.pre_tokenize_str(ch)[0][0] for ch in CHARS]
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + spelled)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated"), byte_level]
+    )
+    tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
     )
@@ -43,6 +55,7 @@ def build_char_tokenizer():
         eos_token="<eos>",
         pad_token="<pad>",
         unk_token="<unk>",
+        clean_up_tokenization_spaces=False,
     )
 
 
