@@ -49,8 +49,8 @@ def test_sft_prints_run_path_last_and_refuses_complete(tmp_path):
 
 
 def test_every_stage_loads_the_policy_tokenizer_intact(tiny_policy):
-    """transformers 5's AutoTokenizer would load our character tokenizer as the model type's
-    tokenizer and drop whitespace; every loader the stages use must round-trip text."""
+    """Every loader the stages use must round-trip text (plain AutoTokenizer, which
+    transformers 5 resolves to the model type's tokenizer: test_plain_transformers.py)."""
     from tdrm_cli.configs.train import RLConfig
     from tdrm_cli.generation import load_tokenizer
     from tdrm_cli.prm import load_tokenizer as prm_load_tokenizer

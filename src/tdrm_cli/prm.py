@@ -191,8 +191,8 @@ def check_causal_lm(model_path: str, role: str = "base", trust_remote_code: bool
 
 
 def load_tokenizer(model_path: str, trust_remote_code: bool = False):
-    # generation.load_tokenizer keeps tdrm's character tokenizer intact (AutoTokenizer in
-    # transformers 5 would swap in the model type's tokenizer and drop whitespace).
+    # generation.load_tokenizer keeps tdrm's character tokenizer intact in folders saved
+    # before it was spelled byte-level (transformers 5 AutoTokenizer drops their whitespace).
     from tdrm_cli.generation import load_tokenizer as load_saved_tokenizer
 
     tokenizer = load_saved_tokenizer(model_path, trust_remote_code)
