@@ -237,15 +237,19 @@ def test_an_empty_label_under_prm_rlvr_is_a_422_on_the_wire_and_in_the_log(serve
     _, prompts, completions, golds = rollouts(prm, 2)
     queries = [p + c for p, c in zip(prompts, completions, strict=True)]
     # OpenRLHF sends "" for every label when --data.label_key is not set
-    for labels, blank in [([golds[0], ""], 1), ([" \n", golds[1]], 0), (["", ""], 0)]:
+    for labels, reason in [
+        ([golds[0], ""], "'labels[1]' is empty"),
+        ([" \n", golds[1]], "'labels[0]' is only whitespace"),
+        (["", ""], "'labels[0]' is empty"),
+    ]:
         body = {"query": queries, "prompts": prompts, "labels": labels}
         status, out = call(port, "POST", "/get_reward", body, key=KEY)
-        assert status == 422 and out["detail"].startswith(f"'labels[{blank}]' is empty"), out
+        assert status == 422 and out["detail"].startswith(reason), out
         assert "--data.label_key" in out["detail"] and "older: --label_key" in out["detail"]
     # --reward prm ignores labels
     assert call(plain, "POST", "/get_reward", {"query": queries, "labels": ["", ""]})[0] == 200
     # OpenRLHF's client drops the body of a 4xx: the reason is on the server's stderr, once
-    # for the three requests (one mistake, repeated within the log's window)
+    # for the two empty labels (one mistake, repeated within the log's window)
     expected = "tdrm serve: 422 POST /get_reward: 'labels[1]' is empty, but --reward prm+rlvr"
     deadline = time.monotonic() + 10
     while expected not in (logs / "guarded.log").read_text() and time.monotonic() < deadline:

@@ -165,8 +165,9 @@ def check_gold(labels: list[str | None] | None) -> None:
         if not label.strip():
             raise http_error(
                 422,
-                f"'labels[{i}]' is empty, but --reward prm+rlvr checks every answer against its "
-                f"label: set the client's label column ({LABEL_FLAG})",
+                f"'labels[{i}]' is {'only whitespace' if label else 'empty'}, but --reward "
+                "prm+rlvr checks every answer against its label: set the client's label "
+                f"column ({LABEL_FLAG})",
             )
 
 
