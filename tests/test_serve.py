@@ -398,18 +398,22 @@ def test_verl_compute_score(servers, prm, monkeypatch):
     one = verl.compute_score(
         "arith", completions[0], golds[0], {"question": questions[0], "index": 0}
     )
-    assert abs(one - expected[0]) < 1e-5
+    assert abs(one["score"] - expected[0]) < 1e-5 and one["prm_score"] == one["score"]
+    assert one["num_steps"] == float(len(completions[0].split(prm.separator)))
     batch = verl.compute_score_batch(
         ["arith"] * 4, completions, golds, [{"question": q} for q in questions]
     )
-    assert close(batch, expected)
+    assert close([b["score"] for b in batch], expected)
+    assert all(sorted(b) == ["num_steps", "prm_score", "score"] for b in batch)
     with pytest.raises(ValueError, match="no question"):
         verl.compute_score("arith", completions[0], golds[0], {})
     monkeypatch.setenv(verl.URL_ENV, f"http://127.0.0.1:{guarded}")
     with pytest.raises(verl.RewardServerError, match="HTTP 401"):
         verl.compute_score("arith", completions[0], golds[0], {"question": questions[0]})
     monkeypatch.setenv(verl.API_KEY_ENV, KEY)
-    assert verl.compute_score("arith", completions[0], golds[0], {"question": questions[0]}) > 0.7
+    mixed = verl.compute_score("arith", completions[0], golds[0], {"question": questions[0]})
+    assert mixed["verifier"] == 1.0 and mixed["score"] > 0.7
+    assert abs(mixed["score"] - (0.3 * mixed["prm_score"] + 0.7)) < 1e-6
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,20 @@
 """verl custom reward hook: score responses with a running `tdrm serve`.
 
 verl calls `compute_score(data_source, solution_str, ground_truth, extra_info)` once per
-response (`NaiveRewardManager`, `reward_model.reward_manager=naive`) or
-`compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos)` once per
-batch (`reward_model.reward_manager=batch`, one HTTP request for the whole batch). Both
-post to the server's OpenRLHF-style `/get_reward`, so verl, OpenRLHF and `tdrm rl` get
-the same reward for the same text: the aggregated PRM score, or `w*PRM + (1-w)*verifier`
-when the server runs `--reward prm+rlvr` (the gold answer is `ground_truth`).
+response; in verl 0.9 every reward manager of its reward loop does (`naive`, the default of
+`reward.reward_manager.name`, and `dapo`, `gdpo`, `rate_limited`, `remote`). It posts to the
+server's OpenRLHF-style `/get_reward`, so verl, OpenRLHF and `tdrm rl` get the same reward
+for the same text: the aggregated PRM score, or `w*PRM + (1-w)*verifier` when the server
+runs `--reward prm+rlvr` (the gold answer is `ground_truth`).
+
+The answer is a dict: `score` is the reward, and the server's per-sample breakdown rides
+beside it (`prm_score`, `num_steps`, and `verifier` under `prm+rlvr`). verl's managers take
+`result["score"]` as the reward and put every key in `reward_extra_info`, which reaches its
+logs; a bare float would be logged as `acc` only.
+
+`compute_score_batch` (one HTTP request for a whole batch) is for older verl's
+`reward_model.reward_manager=batch`; verl 0.9's reward loop has no batch manager and never
+calls it.
 
 verl passes the response only; the PRM also needs the question, which verl's data
 preprocessing keeps in `extra_info` ("question", else "problem" or "prompt").
@@ -45,8 +53,8 @@ class RewardServerError(RuntimeError):
 
 def compute_score(
     data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None
-) -> float:
-    """The server's reward for one response (verl's per-sample hook)."""
+) -> dict[str, float]:
+    """The server's reward for one response and its breakdown (verl's per-sample hook)."""
     return compute_score_batch([data_source], [solution_str], [ground_truth], [extra_info])[0]
 
 
@@ -56,8 +64,8 @@ def compute_score_batch(
     ground_truths: Sequence[Any],
     extra_infos: Sequence[dict | None] | None = None,
     **_: Any,
-) -> list[float]:
-    """The server's rewards for a batch of responses, in one request (verl's batch hook)."""
+) -> list[dict[str, float]]:
+    """`compute_score` for a batch, in one request (older verl's `batch` reward manager)."""
     extra_infos = list(extra_infos) if extra_infos is not None else [None] * len(solution_strs)
     questions = [question_of(info) for info in extra_infos]
     labels = [None if g is None else str(g) for g in ground_truths]
@@ -68,7 +76,12 @@ def compute_score_batch(
         "prompts": questions,
         "labels": labels,
     }
-    return [float(r) for r in post("/get_reward", body)["rewards"]]
+    answer = post("/get_reward", body)
+    extra = answer.get("extra_logs") or {}
+    return [
+        {"score": float(reward), **{key: float(values[i]) for key, values in extra.items()}}
+        for i, reward in enumerate(answer["rewards"])
+    ]
 
 
 def question_of(extra_info: dict | None) -> str:
