@@ -212,7 +212,7 @@ def _run_steps(recipe: Recipe, only: list[str] | None) -> Path:
 def summarize(recipe: Recipe, timings: dict[str, float]) -> dict[str, Any]:
     from rich.table import Table
 
-    from tdrm_cli.console import console
+    from tdrm_cli.console import console, fitted
     from tdrm_cli.report import key_metric
 
     table = Table(title=f"pipeline {recipe.path} (seed {recipe.seed})")
@@ -237,5 +237,5 @@ def summarize(recipe: Recipe, timings: dict[str, float]) -> dict[str, Any]:
                 "metric": metric,
             }
         )
-    console.print(table)
+    console.print(fitted(table))
     return {"recipe": str(recipe.path), "seed": recipe.seed, "stages": rows}
