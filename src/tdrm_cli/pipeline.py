@@ -215,8 +215,11 @@ def summarize(recipe: Recipe, timings: dict[str, float]) -> dict[str, Any]:
     from tdrm_cli.console import console, fitted
     from tdrm_cli.report import key_metric
 
-    table = Table(title=f"pipeline {recipe.path} (seed {recipe.seed})")
-    for column in ("stage", "run folder", "status", "seconds (this call)", "key metric"):
+    table = Table(
+        title=f"pipeline {recipe.path} (seed {recipe.seed}), runs in {recipe.root}",
+        caption="seconds: spent in this call",
+    )
+    for column in ("run", "stage", "status", "seconds", "key metric"):
         table.add_column(column)
     rows = []
     for step in recipe.steps:
@@ -226,7 +229,11 @@ def summarize(recipe: Recipe, timings: dict[str, float]) -> dict[str, Any]:
         seconds = timings.get(step.name)
         metric = key_metric(manifest.get("metrics") or {})
         table.add_row(
-            step.stage, str(out), status, "skipped" if seconds is None else f"{seconds:.1f}", metric
+            step.name,
+            step.stage,
+            status,
+            "skipped" if seconds is None else f"{seconds:.1f}",
+            metric,
         )
         rows.append(
             {
