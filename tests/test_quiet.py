@@ -129,3 +129,29 @@ def test_report_plots_are_named_once(tmp_path):
     text = copy_plots(runs["bon-mc"], out, "best-of-N", names)
     assert text == "\n![best-of-N](bon-mc-bon_accuracy.png)\n"
     assert (out / "bon-mc-bon_accuracy.png").read_bytes() == b"bon-mc"
+
+
+def test_a_new_value_head_is_one_line_and_other_missing_weights_a_warning(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from tdrm_cli.prm import load_value_model
+    from test_prm import make_tiny_base
+
+    base = make_tiny_base(tmp_path / "base")
+    new_head = "value head initialised: new, as intended"
+    load_value_model(str(base), 0, "base", new_head=new_head)
+    err = capsys.readouterr().err
+    assert err.count(new_head) == 1 and "warning" not in err, err
+
+    (weights,) = base.glob("*.safetensors")
+    tensors = load_file(weights)
+    dropped = "model.layers.1.mlp.up_proj.weight"
+    del tensors[dropped]
+    save_file(tensors, weights, metadata={"format": "pt"})
+    load_value_model(str(base), 0, "base", new_head=new_head)
+    err = capsys.readouterr().err
+    line = f"warning: --base {base}: weights not in the checkpoint start at random (1: {dropped})"
+    assert line in " ".join(err.split()) and err.count(new_head) == 1, err
+    load_value_model(str(base), 0, "prm")  # a trained PRM was expected: its head is missing too
+    err = " ".join(capsys.readouterr().err.split())
+    assert "start at random (3: model.layers.1.mlp.up_proj.weight, score.bias" in err, err

@@ -110,8 +110,8 @@ def from_pretrained(
 
         more = f" and {len(others) - 3} more" if len(others) > 3 else ""
         warn(
-            f"{where}: {len(others)} weights are not in the checkpoint and start random "
-            f"({', '.join(others[:3])}{more})"
+            f"{where}: weights not in the checkpoint start at random "
+            f"({len(others)}: {', '.join(others[:3])}{more})"
         )
     return model, wanted
 
