@@ -212,11 +212,12 @@ def load_value_model(
     trust_remote_code: bool = False,
     dtype=None,
     allow_pickle: bool = False,
-    new_head: str | None = None,
+    new_head: str = "",
+    trained: bool = False,
 ):
     """`AutoModelForTokenClassification` with one label on top of a backbone. A checkpoint
-    without the head gets a new one: the line `new_head` says so, or (None: a trained PRM
-    was expected) a warning."""
+    without the head gets a new one, said by the line `new_head` (if any); for a `trained`
+    PRM the missing head is a warning instead."""
     from transformers import AutoConfig, AutoModelForTokenClassification
 
     from tdrm_cli.console import log
@@ -233,10 +234,10 @@ def load_value_model(
     kwargs = {"dtype": dtype} if dtype is not None else {}
     model, new = from_pretrained(
         AutoModelForTokenClassification, model_path, f"--{role} {model_path}",
-        () if new_head is None else HEAD_MODULES, config=config,
+        () if trained else HEAD_MODULES, config=config,
         trust_remote_code=trust_remote_code, **weights_kwargs(model_path, allow_pickle), **kwargs,
     )  # fmt: skip
-    if new:
+    if new and new_head:
         log(new_head)
     return model
 
@@ -472,7 +473,8 @@ def load_prm(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     model = load_value_model(
-        model_dir, tokenizer.pad_token_id, role, trust_remote_code, dtype, allow_pickle
-    )
+        model_dir, tokenizer.pad_token_id, role, trust_remote_code, dtype, allow_pickle,
+        trained=True,
+    )  # fmt: skip
     check_weights_finite(model, f"--{role} {path}")
     return PRM(model.to(device), tokenizer, meta)
