@@ -36,6 +36,9 @@ app = typer.Typer(
 RUN_OPTIONS = "Run options"
 """The help panel of the options every stage has (`config.RunConfig`'s and `--config`)."""
 
+verbose = False
+"""`tdrm -v`: set by the root callback on every call, applied when a stage starts."""
+
 
 def fail(message: str) -> None:
     typer.echo(f"error: {one_line(message)}", err=True)
@@ -156,6 +159,9 @@ def printing_path(run: Callable[[Any], Path]) -> Callable[[Any], None]:
     as the only line on stdout (from rank 0 under torchrun)."""
 
     def body(cfg: Any) -> None:
+        from tdrm_cli.console import set_verbose  # rich: not needed by `tdrm --help`
+
+        set_verbose(verbose)
         with contextlib.redirect_stdout(sys.stderr):
             path = run(cfg)
         if rank() == 0:
@@ -224,8 +230,18 @@ def root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose_flag: bool = typer.Option(
+        False,
+        "-v",
+        "--verbose",
+        envvar="TDRM_VERBOSE",
+        help="Also show the libraries' own output: transformers load reports and progress "
+        "bars, accelerate / datasets / TRL logging, Python warnings.",
+    ),
 ) -> None:
     """Temporal-difference-trained process reward models, end to end."""
+    global verbose
+    verbose = verbose_flag
 
 
 def main() -> None:

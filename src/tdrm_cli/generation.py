@@ -93,6 +93,29 @@ def model_load_errors(where: str) -> Iterator[None]:
         ) from None
 
 
+def from_pretrained(
+    auto_class: Any, model_path: str, where: str, new_ok: tuple[str, ...] = (), **kwargs: Any
+) -> tuple[Any, list[str]]:
+    """`auto_class.from_pretrained(model_path, **kwargs)`, load errors as one line
+    (`model_load_errors`). Weights the checkpoint lacks are initialised at random: a warning
+    names them, except those under a top module in `new_ok` (a head added on purpose);
+    returns (model, those new weights)."""
+    with model_load_errors(where):
+        model, info = auto_class.from_pretrained(model_path, output_loading_info=True, **kwargs)
+    missing = sorted(info.get("missing_keys") or ())
+    wanted = [name for name in missing if name.split(".", 1)[0] in new_ok]
+    others = [name for name in missing if name not in wanted]
+    if others:
+        from tdrm_cli.console import warn
+
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        warn(
+            f"{where}: weights not in the checkpoint start at random "
+            f"({len(others)}: {', '.join(others[:3])}{more})"
+        )
+    return model, wanted
+
+
 def sampling_kwargs(temperature: float, top_p: float) -> dict[str, Any]:
     """`model.generate` sampling arguments: greedy at temperature <= 0, else nucleus
     sampling with top-k off."""
@@ -174,10 +197,14 @@ class HFBackend:
             "bfloat16": torch.bfloat16,
             "float16": torch.float16,
         }[dtype]
-        with model_load_errors(f"--policy {model_path}"):
-            model = AutoModelForCausalLM.from_pretrained(
-                model_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **safe
-            )
+        model, _ = from_pretrained(
+            AutoModelForCausalLM,
+            model_path,
+            f"--policy {model_path}",
+            dtype=torch_dtype,
+            trust_remote_code=trust_remote_code,
+            **safe,
+        )
         self._use(model.to(device).eval(), device, batch_size)
 
     @classmethod

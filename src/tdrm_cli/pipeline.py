@@ -212,11 +212,14 @@ def _run_steps(recipe: Recipe, only: list[str] | None) -> Path:
 def summarize(recipe: Recipe, timings: dict[str, float]) -> dict[str, Any]:
     from rich.table import Table
 
-    from tdrm_cli.console import console
+    from tdrm_cli.console import console, fitted
     from tdrm_cli.report import key_metric
 
-    table = Table(title=f"pipeline {recipe.path} (seed {recipe.seed})")
-    for column in ("stage", "run folder", "status", "seconds (this call)", "key metric"):
+    table = Table(
+        title=f"pipeline {recipe.path} (seed {recipe.seed}), runs in {recipe.root}",
+        caption="seconds: spent in this call",
+    )
+    for column in ("run", "stage", "status", "seconds", "key metric"):
         table.add_column(column)
     rows = []
     for step in recipe.steps:
@@ -226,7 +229,11 @@ def summarize(recipe: Recipe, timings: dict[str, float]) -> dict[str, Any]:
         seconds = timings.get(step.name)
         metric = key_metric(manifest.get("metrics") or {})
         table.add_row(
-            step.stage, str(out), status, "skipped" if seconds is None else f"{seconds:.1f}", metric
+            step.name,
+            step.stage,
+            status,
+            "skipped" if seconds is None else f"{seconds:.1f}",
+            metric,
         )
         rows.append(
             {
@@ -237,5 +244,5 @@ def summarize(recipe: Recipe, timings: dict[str, float]) -> dict[str, Any]:
                 "metric": metric,
             }
         )
-    console.print(table)
+    console.print(fitted(table))
     return {"recipe": str(recipe.path), "seed": recipe.seed, "stages": rows}

@@ -113,9 +113,13 @@ def step_logits(model: Any, batch: dict[str, Any], head: str = "linear"):
     return (linear + floor.to(linear.dtype)).gather(1, batch["step_index"])
 
 
+HEAD_MODULES = ("score", "classifier")
+"""The names transformers gives a token-classification head."""
+
+
 def value_head(model: Any):
     """The token-classification head of a transformers model (`score` or `classifier`)."""
-    head = getattr(model, "score", None) or getattr(model, "classifier", None)
+    head = next((getattr(model, n) for n in HEAD_MODULES if getattr(model, n, None)), None)
     if head is None:
         raise UsageError(f"{type(model).__name__}: no 'score' or 'classifier' head")
     return head
@@ -208,11 +212,16 @@ def load_value_model(
     trust_remote_code: bool = False,
     dtype=None,
     allow_pickle: bool = False,
+    new_head: str = "",
+    trained: bool = False,
 ):
-    """`AutoModelForTokenClassification` with one label on top of a backbone (head new if absent)."""
+    """`AutoModelForTokenClassification` with one label on top of a backbone. A checkpoint
+    without the head gets a new one, said by the line `new_head` (if any); for a `trained`
+    PRM the missing head is a warning instead."""
     from transformers import AutoConfig, AutoModelForTokenClassification
 
-    from tdrm_cli.generation import model_load_errors
+    from tdrm_cli.console import log
+    from tdrm_cli.generation import from_pretrained, model_load_errors
 
     with model_load_errors(f"--{role} {model_path}"):
         config = AutoConfig.from_pretrained(
@@ -223,14 +232,14 @@ def load_value_model(
     config.classifier_dropout = 0.0
     config.pad_token_id = pad_token_id
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    with model_load_errors(f"--{role} {model_path}"):
-        return AutoModelForTokenClassification.from_pretrained(
-            model_path,
-            config=config,
-            trust_remote_code=trust_remote_code,
-            **weights_kwargs(model_path, allow_pickle),
-            **kwargs,
-        )
+    model, new = from_pretrained(
+        AutoModelForTokenClassification, model_path, f"--{role} {model_path}",
+        () if trained else HEAD_MODULES, config=config,
+        trust_remote_code=trust_remote_code, **weights_kwargs(model_path, allow_pickle), **kwargs,
+    )  # fmt: skip
+    if new and new_head:
+        log(new_head)
+    return model
 
 
 # ---------------------------------------------------------------- the PRM
@@ -362,8 +371,9 @@ def policy_likelihood_prm(
         return None
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
     model = load_value_model(
-        model_dir, tokenizer.pad_token_id, "policy", trust_remote_code, torch.float32, allow_pickle
-    )
+        model_dir, tokenizer.pad_token_id, "policy", trust_remote_code, torch.float32,
+        allow_pickle, f"{LIKELIHOOD_BASELINE}: value head new (its linear part zero), as intended",
+    )  # fmt: skip
     head = value_head(model)
     with torch.no_grad():
         head.weight.zero_()
@@ -463,7 +473,8 @@ def load_prm(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     model = load_value_model(
-        model_dir, tokenizer.pad_token_id, role, trust_remote_code, dtype, allow_pickle
-    )
+        model_dir, tokenizer.pad_token_id, role, trust_remote_code, dtype, allow_pickle,
+        trained=True,
+    )  # fmt: skip
     check_weights_finite(model, f"--{role} {path}")
     return PRM(model.to(device), tokenizer, meta)

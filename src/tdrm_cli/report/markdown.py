@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 
@@ -25,13 +26,31 @@ def read_json(path: Path, name: str) -> dict:
     return json.loads((Path(path) / name).read_text(encoding="utf-8"))
 
 
-def copy_plots(run_dir: Path, out: Path, prefix: str, alt: str) -> str:
-    """Copy a run's PNGs next to report.md (so it stands alone) and embed each."""
+def plot_names(run_dirs: list[Path], taken: set[str]) -> dict[Path, str]:
+    """The name next to report.md of every PNG in `run_dirs`: its own where no other plot
+    (nor a name in `taken`) has it, else `<run folder>-<name>` (numbered if still taken)."""
+    pngs = list(dict.fromkeys(png for d in run_dirs for png in sorted(Path(d).glob("*.png"))))
+    counts = Counter(png.name for png in pngs)
+    names, used = {}, set(taken)
+    for png in pngs:
+        name = png.name
+        if counts[name] > 1 or name in taken:
+            name = f"{png.parent.name}-{png.name}"
+        stem, i = Path(name).stem, 2
+        while name in used:
+            name, i = f"{stem}-{i}.png", i + 1
+        used.add(name)
+        names[png] = name
+    return names
+
+
+def copy_plots(run_dir: Path, out: Path, alt: str, names: dict[Path, str]) -> str:
+    """Copy a run's PNGs next to report.md under their `plot_names` (so the report stands
+    alone) and embed each."""
     text = ""
     for png in sorted(Path(run_dir).glob("*.png")):
-        target = out / f"{prefix}-{Path(run_dir).name}-{png.name}"
-        shutil.copyfile(png, target)
-        text += f"\n![{alt}]({target.name})\n"
+        shutil.copyfile(png, out / names[png])
+        text += f"\n![{alt}]({names[png]})\n"
     return text
 
 

@@ -49,12 +49,13 @@ def prm_quality_section(title: str, quality: dict) -> str:
                 "first-error F1",
                 "acc (erroneous)",
                 "acc (correct)",
-                "ECE",
-                "smoothness",
-                "smoothness/token",
-                "degenerate",
             ],
-            rows,
+            [row[:6] for row in rows],
+        )
+        + "\n\n"
+        + md_table(
+            ["PRM", "ECE", "smoothness", "smoothness/token", "degenerate"],
+            [[row[0], *row[6:]] for row in rows],
         )
         + degenerate_notes(quality)
     )
@@ -108,7 +109,7 @@ def degenerate_notes(section: dict) -> str:
     return rule + ("\n\n" + "\n".join(notes) if notes else "")
 
 
-def bon_section(run_dir: Path, out: Path) -> str:
+def bon_section(run_dir: Path, out: Path, plots: dict[Path, str]) -> str:
     """Accuracy at every N for pass@N, majority and every PRM curve of one bon run."""
     results = read_json(run_dir, "results.json")
     ns = results["ns"]
@@ -135,7 +136,7 @@ def bon_section(run_dir: Path, out: Path) -> str:
         + "\n"
         + paired_table(results.get("vs_majority") or [])
     )
-    return text + copy_plots(run_dir, out, "bon", "best-of-N accuracy vs N")
+    return text + copy_plots(run_dir, out, "best-of-N accuracy vs N", plots)
 
 
 def paired_table(paired: list[dict]) -> str:
@@ -159,7 +160,7 @@ def paired_table(paired: list[dict]) -> str:
     )
 
 
-def search_section(run_dir: Path, out: Path) -> str:
+def search_section(run_dir: Path, out: Path, plots: dict[Path, str]) -> str:
     """Accuracy, oracle and generated tokens of every method x PRM of one search run."""
     results = read_json(run_dir, "results.json")
     rows = [
@@ -171,7 +172,7 @@ def search_section(run_dir: Path, out: Path) -> str:
         + md_table(["method", "PRM", "accuracy", "oracle", "generated tokens / problem"], rows)
         + "\n"
     )
-    return text + copy_plots(run_dir, out, "search", "search accuracy vs tokens")
+    return text + copy_plots(run_dir, out, "search accuracy vs tokens", plots)
 
 
 def matched_budget_section(search_dirs: list[str], bon_dirs: list[str], policy: dict | None) -> str:
@@ -247,6 +248,9 @@ def problems_to_reach(points: list[dict], target: float) -> int | None:
     )
 
 
+RL_CURVES = "rl_curves.png"
+
+
 def rl_section(run_dirs: list[str], out: Path) -> str:
     curves, rows = {}, []
     for run_dir in run_dirs:
@@ -269,9 +273,7 @@ def rl_section(run_dirs: list[str], out: Path) -> str:
         [label, start, end, seen, problems_to_reach(points, target)]
         for label, start, end, seen, points in rows
     ]
-    rl_accuracy_vs_problems(
-        curves, out / "rl_curves.png", "held-out pass@1 vs training problems seen"
-    )
+    rl_accuracy_vs_problems(curves, out / RL_CURVES, "held-out pass@1 vs training problems seen")
     return (
         f"### RL: accuracy vs problems seen\n\nTarget for the last column: the final accuracy of "
         f"`{reference[0]}` ({target:.3f}).\n\n"
@@ -279,7 +281,7 @@ def rl_section(run_dirs: list[str], out: Path) -> str:
             ["run", "pass@1 start", "pass@1 end", "problems seen", "problems to reach target"],
             table,
         )
-        + "\n\n![RL accuracy vs problems seen](rl_curves.png)\n"
+        + f"\n\n![RL accuracy vs problems seen]({RL_CURVES})\n"
     )
 
 

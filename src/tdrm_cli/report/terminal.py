@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from tdrm_cli.console import console
+from tdrm_cli.console import console, fitted
 from tdrm_cli.runs import list_runs, versions, writer_alive
 
 KEY_METRICS = ("pass@1", "step_auroc", "accuracy", "pass@n", "train_loss")
@@ -41,11 +41,11 @@ def runs_table(root: Path) -> None:
             str(path.relative_to(root)),
             str(manifest.get("stage")),
             f"[{colors.get(status, 'white')}]{status}[/]",
-            str(manifest.get("created", ""))[:19],
+            str(manifest.get("created", ""))[:16].replace("T", " "),  # to the minute
             key_metric(manifest.get("metrics") or {}),
             parent,
         )
-    console.print(table)
+    console.print(fitted(table))
 
 
 def env_table() -> None:
@@ -64,4 +64,4 @@ def env_table() -> None:
     table.add_row("device", device)
     table.add_row("torch threads", str(torch.get_num_threads()))
     table.add_row("cpu count", str(os.cpu_count()))
-    console.print(table)
+    console.print(fitted(table))

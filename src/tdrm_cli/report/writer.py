@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tdrm_cli.console import console
+from tdrm_cli.console import console, fitted
 from tdrm_cli.plots import value_trajectories
 from tdrm_cli.report.directions import paper_directions
+from tdrm_cli.report.markdown import plot_names
 from tdrm_cli.report.sections import (
+    RL_CURVES,
     bon_section,
     coupling_section,
     matched_budget_section,
@@ -20,11 +22,13 @@ from tdrm_cli.report.sections import (
 )
 from tdrm_cli.runs import atomic_write_text
 
+TRAJECTORIES = "value_trajectories.png"
+OWN_PLOTS = {TRAJECTORIES, RL_CURVES}
+"""The plots eval draws itself; a copied plot of a bon / search run takes another name."""
+
 
 def write_report(out: Path, results: dict, trajectories: dict, cfg) -> Path:
     """report.md: policy, PRM quality, then every bon / search / rl run given; printed to the terminal too."""
-    from rich.markdown import Markdown
-
     parts = [
         f"# tdrm report\n\nTask `{results['task']}`, split `{results['split']}`, seed {results['seed']}."
     ]
@@ -39,12 +43,13 @@ def write_report(out: Path, results: dict, trajectories: dict, cfg) -> Path:
         if results.get(section):
             parts.append(prm_quality_section(title, results[section]))
     if trajectories:
-        value_trajectories(trajectories, out / "value_trajectories.png")
-        parts.append("![value trajectories](value_trajectories.png)")
+        value_trajectories(trajectories, out / TRAJECTORIES)
+        parts.append(f"![value trajectories]({TRAJECTORIES})")
     if cfg.bon or cfg.search or cfg.rl:
         parts.append("## Inference-time search and RL")
-    parts += [bon_section(Path(p), out) for p in cfg.bon]
-    parts += [search_section(Path(p), out) for p in cfg.search]
+    plots = plot_names([Path(p) for p in (*cfg.bon, *cfg.search)], OWN_PLOTS)
+    parts += [bon_section(Path(p), out, plots) for p in cfg.bon]
+    parts += [search_section(Path(p), out, plots) for p in cfg.search]
     budget = matched_budget_section(cfg.search, cfg.bon, results.get("policy"))
     if budget:
         parts.append(budget)
@@ -59,5 +64,21 @@ def write_report(out: Path, results: dict, trajectories: dict, cfg) -> Path:
         parts.append(directions)
     text = "\n\n".join(parts) + "\n"
     atomic_write_text(out / "report.md", text)
-    console.print(Markdown(text))
+    console.print(terminal_markdown(text))
     return out / "report.md"
+
+
+def terminal_markdown(text: str):
+    """`text` as rich Markdown whose tables wrap and fold what does not fit the terminal
+    instead of cutting it with '…'."""
+    from rich.markdown import Markdown, TableElement
+
+    class FoldingTable(TableElement):
+        def __rich_console__(self, console, options):
+            for table in super().__rich_console__(console, options):
+                yield fitted(table, options.max_width)
+
+    class TerminalMarkdown(Markdown):
+        elements = {**Markdown.elements, "table_open": FoldingTable}
+
+    return TerminalMarkdown(text)

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from tdrm_cli import plots, voting
 from tdrm_cli.configs.sample import BonConfig
-from tdrm_cli.console import console, log, progress
+from tdrm_cli.console import TokenRate, console, fitted, log, progress
 from tdrm_cli.errors import UsageError
 from tdrm_cli.generation import Sampling, check_backend
 from tdrm_cli.prm import PRM, load_prm
@@ -115,13 +115,13 @@ def sample_candidates(cfg: BonConfig, model_path: str) -> tuple[list[dict[str, A
         seed=cfg.seed,
     )
     tokens = 0
-    with progress() as bar:
-        job = bar.add_task("sampling", total=len(problems) * cfg.n)
+    with progress(TokenRate()) as bar:
+        job = bar.add_task("sampling", total=len(problems) * cfg.n, tokens=0)
 
         def on_batch(sequences: int, generated: int) -> None:
             nonlocal tokens
             tokens += generated
-            bar.update(job, advance=sequences)
+            bar.update(job, advance=sequences, tokens=tokens)
 
         groups = policy.sample(task, problems, sampling, on_batch=on_batch)
     rows = [row for group in groups for row in group]
@@ -249,9 +249,9 @@ def print_table(results: list[dict[str, Any]], problems: int, n_max: int) -> Non
     show_std = console.width >= max(len(name) for name in names) + 14 * len(ns) + 4
     spread = "mean ± std over subsets" if show_std else "mean over subsets; std in results.json"
     table = Table(title=f"best-of-N accuracy, {problems} problems ({spread})")
-    table.add_column("method", no_wrap=True)
+    table.add_column("method")
     for n in ns:
-        table.add_column(f"N={n}", justify="right", no_wrap=True)
+        table.add_column(f"N={n}", justify="right")
     cells: dict[str, dict[int, str]] = {}
     for r in results:
         std = f"±{r['std']:.3f}" if show_std and r["std"] > 0 else ""
@@ -259,7 +259,7 @@ def print_table(results: list[dict[str, Any]], problems: int, n_max: int) -> Non
     for name in names:
         style = "dim" if name in ("pass@N", "majority") else None
         table.add_row(name, *(cells[name].get(n, "") for n in ns), style=style)
-    console.print(table)
+    console.print(fitted(table))
 
 
 def summary(results: list[dict[str, Any]], n_max: int) -> dict[str, Any]:

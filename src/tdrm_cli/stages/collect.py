@@ -24,12 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.progress import ProgressColumn
 from rich.table import Table
-from rich.text import Text
 
 from tdrm_cli.configs.sample import CollectConfig
-from tdrm_cli.console import console, log, progress
+from tdrm_cli.console import TokenRate, console, fitted, log, progress
 from tdrm_cli.errors import UsageError
 from tdrm_cli.generation import Sampling, check_backend
 from tdrm_cli.metrics import coupling
@@ -98,20 +96,6 @@ def shard_seed(seed: int, shard: int, phase: str) -> int:
 
 
 # ---------------------------------------------------------------- progress
-
-
-class RateColumn(ProgressColumn):
-    """Problems/s and generated tokens/s since the bar started."""
-
-    def render(self, task) -> Text:
-        elapsed = task.elapsed or 0.0
-        if elapsed <= 0:
-            return Text("")
-        tokens = task.fields.get("tokens", 0)
-        return Text(
-            f"{task.completed / elapsed:.2f} problems/s  {tokens / elapsed:,.0f} tokens/s",
-            style="cyan",
-        )
 
 
 class Meter:
@@ -252,7 +236,7 @@ def collect_all(
     if len(todo) < len(shards):
         log(f"resuming: {len(shards) - len(todo)} of {len(shards)} shards already written")
     start = time.perf_counter()
-    with progress(RateColumn()) as bar:
+    with progress(TokenRate("problems")) as bar:
         meter = Meter(
             bar, bar.add_task("sampling", total=sum(len(shards[i]) for i in todo), tokens=0)
         )
@@ -343,7 +327,7 @@ def print_summary(metrics: dict[str, Any]) -> None:
             table.add_row(
                 key, f"{metrics[key]:,}" if isinstance(metrics[key], int) else f"{metrics[key]:.4g}"
             )
-    console.print(table)
+    console.print(fitted(table))
     if "p_correct_by_first_error" in metrics:
         console.print(coupling_line(metrics), highlight=False)
 

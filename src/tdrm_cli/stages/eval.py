@@ -19,7 +19,7 @@ from typing import Any
 
 from tdrm_cli import metrics as M
 from tdrm_cli.configs.sample import EvalConfig
-from tdrm_cli.console import log
+from tdrm_cli.console import TokenRate, log, progress
 from tdrm_cli.errors import JSON_ERRORS, UsageError, check_text, json_reason
 from tdrm_cli.prm import LIKELIHOOD_BASELINE
 from tdrm_cli.runs import atomic_write_json, require_complete, resolve_model, run_stage
@@ -29,6 +29,19 @@ RESULTS = "metrics.json"
 
 
 # ---------------------------------------------------------------- policy
+
+
+def bar_task(bar, description: str, sequences: int):
+    """A new row of `bar` and the generation callback that moves it and counts tokens."""
+    job = bar.add_task(description, total=sequences, tokens=0)
+    generated = 0
+
+    def on_batch(done: int, tokens: int) -> None:
+        nonlocal generated
+        generated += tokens
+        bar.update(job, advance=done, tokens=generated)
+
+    return on_batch
 
 
 def sample_policy(cfg: EvalConfig, model_path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -41,16 +54,24 @@ def sample_policy(cfg: EvalConfig, model_path: str) -> tuple[list[dict[str, Any]
     problems = task.problems(cfg.split, cfg.problems)
     policy = load_policy(model_path, "hf", cfg.batch_size, cfg.trust_remote_code, cfg.allow_pickle)
     log(f"eval: greedy + {cfg.k} samples on {len(problems)} {cfg.split} problems")
-    greedy = policy.sample(
-        task, problems, Sampling(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
-    )
-    sampled = policy.sample(
-        task,
-        problems,
-        Sampling(
-            n=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed
-        ),
-    )
+    with progress(TokenRate()) as bar:
+        greedy = policy.sample(
+            task,
+            problems,
+            Sampling(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens),
+            on_batch=bar_task(bar, "greedy", len(problems)),
+        )
+        sampled = policy.sample(
+            task,
+            problems,
+            Sampling(
+                n=cfg.k,
+                temperature=cfg.temperature,
+                max_new_tokens=cfg.max_new_tokens,
+                seed=cfg.seed,
+            ),
+            on_batch=bar_task(bar, f"{cfg.k} samples", len(problems) * cfg.k),
+        )
     rows, greedy_hits, maj_hits, any_hits = [], 0, 0, 0
     for p_index, (g, group) in enumerate(zip(greedy, sampled, strict=True)):
         greedy_hits += g[0]["correct"]

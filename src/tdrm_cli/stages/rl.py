@@ -123,15 +123,17 @@ def load_policy_model(cfg: RLConfig, model_dir: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tdrm_cli.generation import model_load_errors, weights_kwargs
+    from tdrm_cli.generation import from_pretrained, weights_kwargs
 
-    with model_load_errors(f"--policy {cfg.policy}"):  # float32; GPUs add bf16 autocast
-        return AutoModelForCausalLM.from_pretrained(
-            model_dir,
-            dtype=torch.float32,
-            trust_remote_code=cfg.trust_remote_code,
-            **weights_kwargs(model_dir, cfg.allow_pickle),
-        )
+    model, _ = from_pretrained(  # float32; GPUs add bf16 autocast
+        AutoModelForCausalLM,
+        model_dir,
+        f"--policy {cfg.policy}",
+        dtype=torch.float32,
+        trust_remote_code=cfg.trust_remote_code,
+        **weights_kwargs(model_dir, cfg.allow_pickle),
+    )
+    return model
 
 
 def problem_stream(task: Task, n: int, seed: int) -> list[Problem]:
@@ -227,6 +229,7 @@ def grpo_config(cfg: RLConfig, run: Run, weights: list[float], report_to: list[s
         activation_checkpointing=cuda,  # TRL's default saves GPU memory; on the CPU it only costs time
         dataloader_num_workers=0, ddp_find_unused_parameters=False,
         trust_remote_code=cfg.trust_remote_code,
+        disable_tqdm=True,  # the rich bar of training_bar instead
     )  # fmt: skip
     try:
         return GRPOConfig(**{**settings, **extra})
@@ -283,9 +286,16 @@ def accuracy_curve(
     )  # fmt: skip
 
 
+RL_BAR = {"reward": "reward", "rewards/verifier/mean": "accuracy", "kl": "KL"}
+"""What the rl progress bar shows of every log: mean reward, training accuracy (the
+verifier's mean reward, logged for every --reward) and KL to the reference policy."""
+
+
 def run(cfg: RLConfig) -> Path:
     from transformers import set_seed
     from trl import GRPOTrainer
+
+    from tdrm_cli.trainer_bar import training_bar
 
     task = load_task(cfg.task)
     policy_dir, _ = resolve_model(cfg.policy, "policy")
@@ -334,7 +344,8 @@ def run(cfg: RLConfig) -> Path:
             processing_class=tokenizer,
             callbacks=[*callbacks, NoFinalCheckpoint(), StopOnNonFinite(), StepCounter()],
         )
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        with training_bar(trainer, "rl", RL_BAR):
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         trainer.accelerator.wait_for_everyone()  # no rank may still write a checkpoint when rank 0 cleans up
         check_finite(trainer.accelerator.unwrap_model(trainer.model), result.training_loss, "rl")
         if learner is not None:

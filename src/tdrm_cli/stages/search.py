@@ -25,7 +25,7 @@ from rich.table import Table
 
 from tdrm_cli import plots, voting
 from tdrm_cli.configs.sample import SearchConfig
-from tdrm_cli.console import console, log
+from tdrm_cli.console import TokenRate, console, fitted, log, progress
 from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.prm import load_prm
 from tdrm_cli.runs import atomic_write_bytes, atomic_write_json, resolve_model, run_stage
@@ -106,16 +106,15 @@ def write_scores(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, parquet_bytes(records_table(rows, COLUMNS, extra)))
 
 
-def print_table(results: list[dict], seconds: dict[str, float], problems: int, vote: str) -> None:
+def print_table(results: list[dict], problems: int, vote: str) -> None:
+    """Accuracy and cost of every method x PRM (each one's seconds are on its line above)."""
     table = Table(
         title=f"step-level search, {problems} problems",
         caption=f"acc: {vote} vote over the finished solutions; naive / weighted: those votes; "
         "oracle: any finished solution right; tokens: generated per problem; sols: finished per problem",
     )
-    for column in ("method", "prm", "acc", "naive", "weighted", "oracle", "tokens", "sols", "s"):
-        table.add_column(
-            column, justify="left" if column in ("method", "prm") else "right", no_wrap=True
-        )
+    for column in ("method", "prm", "acc", "naive", "weighted", "oracle", "tokens", "sols"):
+        table.add_column(column, justify="left" if column in ("method", "prm") else "right")
     for r in results:
         table.add_row(
             r["method"],
@@ -126,9 +125,8 @@ def print_table(results: list[dict], seconds: dict[str, float], problems: int, v
             f"{r['oracle']:.3f}",
             f"{r['tokens_per_problem']:,.0f}",
             f"{r['finished_per_problem']:.1f}",
-            f"{seconds[r['method'] + '/' + r['prm']]:.0f}",
         )
-    console.print(table)
+    console.print(fitted(table))
 
 
 def load_policy(cfg: SearchConfig, model_path: str, labels: list[str], prms: list) -> HFStepPolicy:
@@ -154,6 +152,22 @@ def load_policy(cfg: SearchConfig, model_path: str, labels: list[str], prms: lis
     return policy
 
 
+class Metered:
+    """The step policy, moving a progress bar one expansion (a depth of a chunk of
+    problems) at a time and counting the tokens it generates."""
+
+    def __init__(self, policy: HFStepPolicy, bar, job):
+        self.policy, self.bar, self.job = policy, bar, job
+        self.expansions, self.tokens = 0, 0
+
+    def next_steps(self, prefixes, n: int, seed: int):
+        steps = self.policy.next_steps(prefixes, n, seed)
+        self.expansions += 1
+        self.tokens += sum(step.num_tokens for row in steps for step in row)
+        self.bar.update(self.job, completed=self.expansions, tokens=self.tokens)
+        return steps
+
+
 def search_all(
     cfg: SearchConfig, task: Task, problems: list[Problem], policy: HFStepPolicy, labels, prms
 ) -> tuple[list[dict], list[dict], dict[str, float]]:
@@ -163,15 +177,18 @@ def search_all(
     for method in cfg.methods:
         for label, prm in zip(labels, prms, strict=True):
             start = time.perf_counter()
-            with console.status(f"{method} search with {label} on {len(problems)} problems"):
+            with progress(TokenRate()) as bar:
+                job = bar.add_task(f"{method}/{label}", total=None, tokens=0)
+                metered = Metered(policy, bar, job)
                 result = METHODS[method](
                     questions,
-                    policy,
+                    metered,
                     make_scorer(prm, cfg.batch_size),
                     task,
                     cfg,
                     derive_seed(cfg.seed, method),
                 )
+                bar.update(job, total=metered.expansions, completed=metered.expansions)
             seconds[f"{method}/{label}"] = round(time.perf_counter() - start, 1)
             rows = solution_rows(result, problems, task, method, label, cfg.agg)
             results.append(evaluate(rows, problems, result.tokens, method, label, cfg.vote))
@@ -234,5 +251,5 @@ def run(cfg: SearchConfig) -> Path:
             "results": {f"{r['method']}/{r['prm']}": round(r["accuracy"], 4) for r in results},
         }
         run.complete(metrics)
-        print_table(results, seconds, len(problems), cfg.vote)
+        print_table(results, len(problems), cfg.vote)
     return run.path

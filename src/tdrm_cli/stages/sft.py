@@ -241,6 +241,7 @@ def train_once(cfg: SFTConfig, run: Run, task: Task, seed: int, resume: bool):
         check_finite,
         last_checkpoint,
     )
+    from tdrm_cli.trainer_bar import training_bar
 
     set_seed(seed)
     if cfg.init is None:
@@ -274,6 +275,7 @@ def train_once(cfg: SFTConfig, run: Run, task: Task, seed: int, resume: bool):
         warmup_steps=0.05,
         weight_decay=0.01,
         logging_steps=50,
+        logging_first_step=True,  # the progress bar shows a loss from the first step on
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=1,
@@ -281,6 +283,7 @@ def train_once(cfg: SFTConfig, run: Run, task: Task, seed: int, resume: bool):
         seed=seed,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        disable_tqdm=True,  # the rich bar of training_bar instead
     )
     trainer = Trainer(
         model=model,
@@ -290,7 +293,8 @@ def train_once(cfg: SFTConfig, run: Run, task: Task, seed: int, resume: bool):
         callbacks=callbacks,
     )
     checkpoint = last_checkpoint(ckpt_dir) if resume and cfg.resume else None
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with training_bar(trainer, "sft", {"loss": "loss"}):
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     check_finite(trainer.model, result.training_loss, "sft")
     return trainer, tokenizer, result, stopper
 

@@ -214,6 +214,7 @@ def training_args(cfg: TrainPRMConfig, run: Run, report_to: list[str]):
         dataloader_num_workers=0,
         remove_unused_columns=False,  # the collator needs step_index, terminal, mc_labels
         ddp_find_unused_parameters=False,
+        disable_tqdm=True,  # the rich bar of training_bar instead
     )
 
 
@@ -244,6 +245,7 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
         last_checkpoint,
         steps_run,
     )
+    from tdrm_cli.trainer_bar import training_bar
 
     set_seed(cfg.seed)  # the new head's initialisation
     tokenizer = load_tokenizer(base, cfg.trust_remote_code)
@@ -256,6 +258,7 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
         cfg.trust_remote_code,
         dtype=torch.float32,
         allow_pickle=cfg.allow_pickle,
+        new_head="value head initialised: new, as intended",
     )
     meta = prm_meta(
         tokenizer,
@@ -285,7 +288,8 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
         head=cfg.head,
     )
     checkpoint = last_checkpoint(run.path / "checkpoints") if cfg.resume else None
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with training_bar(trainer, "train-prm", {"loss": "loss", "td_error": "TD error"}):
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.accelerator.wait_for_everyone()  # no rank may still write a checkpoint when rank 0 cleans up
     trained = trainer.accelerator.unwrap_model(trainer.model)
     if cfg.lora_r:
