@@ -31,6 +31,7 @@ QUICK = {
     "rl_reward_overhead": ["--steps", "3", "--repeats", "1"],
     "search_cost": ["--problems", "2", "--repeats", "1"],
     "demo_generation": ["--problems", "32", "--repeats", "1"],
+    "serve_load": ["--rounds", "3", "--default-rounds", "1"],
 }
 
 
