@@ -6,11 +6,21 @@ MSE via `compute_loss_func`; the PRM trainer computes TD(lambda) targets, BCE an
 logged metrics. Every optimizer step is timed (data, forward, loss, backward, update);
 runs alternate, and each step keeps its fastest time over the repeats, which strips
 out bursts from other processes on a shared CPU (both trainers draw the same batches).
-Needs: PRM trainer tokens/s >= 0.9x the plain Trainer's. The last lines print the ratio.
+Speed alone would pass a trainer that computes garbage fast, so the PRM trainer's logged
+losses (every step is logged, by both trainers alike) are checked too: all finite, the
+same in every repeat (same seed, same batches), falling (9 in 10 verdicts are correct, a
+base rate 24 steps learn: the mean of the last 4 steps' losses at most 0.8x the first
+4's; measured about 0.5x), and the first step's equal to the loss recomputed here
+independently from that step's batch (a fresh copy of the model, the head read at every
+step's last token in a loop, TD(lambda) targets from the recursion
+G_L = R, G_t = (1 - lambda) V_{t+1} + lambda G_{t+1}, BCE averaged over real steps).
+Needs: PRM trainer tokens/s >= 0.9x the plain Trainer's, and those loss checks.
+The last lines print the ratio.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
 import time
@@ -26,6 +36,9 @@ from tdrm_cli.steps import read_policy_meta
 from tdrm_cli.targets import Targets
 
 ROWS, BATCH, STEPS, REPEATS = 512, 16, 24, 4
+GAMMA, LAMBDA = 1.0, 0.8
+NEEDED, TOLERANCE = 0.9, 1e-5  # tokens/s ratio; |logged - recomputed| and across repeats
+FALLING = 0.8  # mean loss of the last 4 steps / of the first 4, at most
 
 
 def regression_collator(collate: StepCollator):
@@ -59,7 +72,7 @@ def args(tmp: str) -> TrainingArguments:
         learning_rate=3e-4,
         report_to="none",
         save_strategy="no",
-        logging_steps=10,
+        logging_steps=1,  # every step's loss, to check
         seed=0,
         use_cpu=True,
         dataloader_num_workers=0,
@@ -83,33 +96,79 @@ class StepTimer(TrainerCallback):
         self.last = now
 
 
-def step_times_and_tokens(make_trainer) -> tuple[list[float], list[int]]:
-    """Per-step seconds and real (unpadded) tokens of one training run."""
+def training_run(make_trainer) -> dict:
+    """One training run: per-step seconds, real (unpadded) tokens, logged losses, first batch."""
     trainer = make_trainer()
-    timer, tokens, collate = StepTimer(), [], trainer.data_collator
+    timer, tokens, batches, collate = StepTimer(), [], [], trainer.data_collator
 
     def counting(features):
         batch = collate(features)
         tokens.append(int(batch["attention_mask"].sum()))
+        if not batches:
+            batches.append(batch)
         return batch
 
     trainer.data_collator = counting
     trainer.add_callback(timer)
     trainer.train()
-    return timer.times, tokens
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"times": timer.times, "tokens": tokens, "losses": losses, "first": batches[0]}
 
 
-def tokens_per_second(runs: list[tuple[list[float], list[int]]]) -> float:
+def tokens_per_second(runs: list[dict]) -> float:
     """Tokens over the sum of each step's fastest time across repeats."""
-    fastest = [min(times) for times in zip(*(t for t, _ in runs), strict=True)]
-    return sum(runs[0][1]) / sum(fastest)
+    fastest = [min(times) for times in zip(*(r["times"] for r in runs), strict=True)]
+    return sum(runs[0]["tokens"]) / sum(fastest)
+
+
+def reference_loss(model, batch: dict) -> float:
+    """The TD(lambda) BCE of one collated batch, written out step by step (no tdrm code)."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[
+            ..., 0
+        ]
+    total, count = 0.0, 0
+    for i in range(len(logits)):
+        ends = batch["step_index"][i][batch["step_mask"][i]].tolist()
+        z = [float(logits[i, end]) for end in ends]
+        v = [1 / (1 + math.exp(-x)) for x in z]
+        g = [0.0] * len(z)
+        for t in reversed(range(len(z))):
+            if t == len(z) - 1:
+                g[t] = float(batch["terminal"][i])
+            else:
+                g[t] = GAMMA * ((1 - LAMBDA) * v[t + 1] + LAMBDA * g[t + 1])
+            g[t] = min(max(g[t], 0.0), 1.0)
+        for x, y in zip(z, g, strict=True):  # BCE with logits: softplus(x) - y * x
+            total += max(x, 0.0) + math.log1p(math.exp(-abs(x))) - y * x
+            count += 1
+    return total / count
+
+
+def loss_checks(td_runs: list[dict], reference: float) -> list[str]:
+    """What is wrong with the PRM trainer's logged losses (empty: nothing)."""
+    losses = td_runs[0]["losses"]
+    problems = []
+    if len(losses) != STEPS or not all(math.isfinite(x) for x in losses):
+        problems.append(f"{len(losses)} logged losses, not {STEPS} finite ones: {losses[:4]}...")
+        return problems
+    spread = max(abs(a - b) for r in td_runs for a, b in zip(r["losses"], losses, strict=True))
+    if spread > TOLERANCE:
+        problems.append(f"losses differ across repeats by {spread:.2e}")
+    if abs(losses[0] - reference) > TOLERANCE:
+        problems.append(f"first loss {losses[0]:.6f}, recomputed {reference:.6f}")
+    if sum(losses[-4:]) > FALLING * sum(losses[:4]):
+        first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+        problems.append(f"loss not falling: mean {first:.4f} (first 4), {last:.4f} (last 4)")
+    return problems
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         base = policy_folder(Path(tmp) / "policy")
         tokenizer = load_tokenizer(str(base))
-        questions, solutions, verdicts = arith_solutions(ROWS)
+        questions, solutions, _ = arith_solutions(ROWS)
+        verdicts = [int(i % 10 != 0) for i in range(ROWS)]  # a base rate to learn in 24 steps
         encoder = PRM(
             load_value_model(str(base), tokenizer.pad_token_id),
             tokenizer,
@@ -139,7 +198,7 @@ def main() -> int:
                 args=args(tmp + "/td"),
                 train_dataset=items,
                 data_collator=collate,
-                targets=Targets("td", 1.0, 0.8),
+                targets=Targets("td", GAMMA, LAMBDA),
             )
 
         def plain_trainer():
@@ -155,16 +214,32 @@ def main() -> int:
         for repeat in range(REPEATS):  # alternate which goes first
             order = [(plain_runs, plain_trainer), (td_runs, td_trainer)]
             for runs, make in order if repeat % 2 == 0 else order[::-1]:
-                runs.append(step_times_and_tokens(make))
-    assert all(tokens == plain_runs[0][1] for _, tokens in td_runs + plain_runs), "batches differ"
+                runs.append(training_run(make))
+        reference = reference_loss(model(), td_runs[0]["first"])
+    tokens = plain_runs[0]["tokens"]
+    assert all(r["tokens"] == tokens for r in td_runs + plain_runs), "batches differ"
     td_rate, plain_rate = tokens_per_second(td_runs), tokens_per_second(plain_runs)
     ratio = td_rate / plain_rate
+    losses = td_runs[0]["losses"]
+    problems = loss_checks(td_runs, reference)
     print(f"threads {torch.get_num_threads()}, {STEPS} steps x batch {BATCH}, {REPEATS} repeats")
     print(f"plain Trainer (MSE)   {plain_rate:9.0f} tokens/s")
     print(f"PRMTrainer (TD)       {td_rate:9.0f} tokens/s")
-    ok = ratio >= 0.9
-    print(f"ratio {ratio:.3f}" if ok else f"FAILED ratio {ratio:.3f} (need >= 0.9)")
-    return report("`prm_trainer`: PRMTrainer / plain Trainer tokens/s", ratio, ">= 0.9", ok)
+    print(f"PRMTrainer losses     {', '.join(f'{x:.4f}' for x in losses)}")
+    print(f"first loss            {losses[0]:.6f} logged, {reference:.6f} recomputed")
+    ok = ratio >= NEEDED and not problems
+    print(
+        f"{'PASS' if ok else 'FAIL'}: ratio {ratio:.3f} (needs >= {NEEDED}); losses: "
+        f"{'; '.join(problems) or 'finite, equal across repeats, falling, first one recomputed'}"
+    )
+    return report(
+        "`prm_trainer`: PRMTrainer / plain Trainer tokens/s",
+        ratio,
+        f">= {NEEDED} and losses right",
+        ok,
+        f"first loss {losses[0]:.4f} vs {reference:.4f} recomputed"
+        + (f", {len(problems)} loss checks failed" if problems else ""),
+    )
 
 
 if __name__ == "__main__":
