@@ -36,6 +36,7 @@ from tdrm_cli.configs.sample import CollectConfig
 from tdrm_cli.configs.train import SFTConfig
 from tdrm_cli.generation import load_tokenizer
 from tdrm_cli.runs import read_manifest, resolve_model
+from tdrm_cli.solutions import separator_of
 from tdrm_cli.stages import collect, sft
 from tdrm_cli.stages.collect import shard_seed
 from tdrm_cli.steps import build_prompt, join_steps, read_policy_meta, split_steps
@@ -75,7 +76,7 @@ class RawLoop:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
         self.model = model.to(self.device).eval()
         self.meta = read_policy_meta(model_path)
-        self.separator = self.meta["separator"]
+        self.separator = separator_of(self.meta)
 
     def generate(self, texts: list[str], k: int, seed: int, args) -> tuple[list[str], int]:
         """K completions of every text (text without EOS) and the tokens generated, EOS included."""

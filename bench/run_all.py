@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 SKIP = {"common.py", Path(__file__).name}
 # --quick: smaller runs, for the scripts that take size flags (the others have fixed sizes).
 QUICK = {
-    "collect_throughput": ["--problems", "12", "--repeats", "2"],
+    "collect_throughput": ["--problems", "16", "--repeats", "3"],
     "rl_reward_overhead": ["--steps", "3", "--repeats", "1"],
     "search_cost": ["--problems", "2", "--repeats", "1"],
     "demo_generation": ["--problems", "32", "--repeats", "1"],
