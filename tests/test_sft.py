@@ -158,3 +158,32 @@ def test_init_continues_from_a_policy(tiny_policy, tmp_path):
     assert read_manifest(out)["inputs"]["init"]["path"] == str(tiny_policy.resolve())
     missing = invoke("sft", "--init", tmp_path / "nope", "--out", tmp_path / "x", *flags)
     assert missing.exit_code == 2 and not (tmp_path / "x").exists()
+
+
+def test_resume_runs_only_the_steps_after_the_checkpoint(tmp_path, monkeypatch):
+    """A run killed at step 13 resumes from checkpoint-10: 10 more steps, the same weights."""
+    from safetensors.torch import load_file
+    from transformers import Trainer
+
+    flags = ["--max-steps", "20", "--save-steps", "10", "--train-problems", "64",
+             "--hidden-size", "16", "--layers", "1", "--heads", "1", "--eval-problems", "0"]  # fmt: skip
+    assert invoke("sft", "--out", tmp_path / "whole", *flags).exit_code == 0
+    real, calls = Trainer.training_step, []
+
+    def killed_once(self, *args, **kwargs):
+        calls.append(self.state.global_step)
+        if self.state.global_step == 13 and calls.count(13) == 1:
+            raise RuntimeError("killed")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", killed_once)
+    out = tmp_path / "crashed"
+    assert invoke("sft", "--out", out, *flags).exit_code != 0
+    assert read_manifest(out)["status"] == "failed"
+    result = invoke("sft", "--out", out, "--resume", *flags)
+    assert result.exit_code == 0, result.output
+    metrics = read_manifest(out)["metrics"]
+    assert metrics["train_steps"] == 20 and metrics["steps_run"] == 10, metrics
+    whole = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    resumed = load_file(out / "model" / "model.safetensors")
+    assert max((whole[k] - resumed[k]).abs().max().item() for k in whole) < 1e-5
