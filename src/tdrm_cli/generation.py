@@ -215,18 +215,16 @@ class HFBackend:
         backend = cls.__new__(cls)
         backend.tokenizer = tokenizer
         backend._use(model, next(model.parameters()).device, batch_size)
-        backend.add_special_tokens = True
-        backend.trained = True
+        backend.wrapped = True
         return backend
 
     def _use(self, model: Any, device: Any, batch_size: int) -> None:
         self.model, self.device, self.batch_size = model, device, batch_size
         self.stop_ids = self._stop_ids()
         self.context: int | None = getattr(model.config, "max_position_embeddings", None)
-        self.add_special_tokens: bool | None = None
-        """None: add them unless every prompt of a batch starts with the BOS already."""
-        self.trained = False
-        """A model a trainer is updating (`wrap`): generate under no_grad, not inference_mode."""
+        self.wrapped = False
+        """A model a trainer is updating (`wrap`): special tokens always added, as the
+        trainer adds them, and generation under no_grad rather than inference_mode."""
 
     def _stop_ids(self) -> list[int]:
         """The tokenizer's EOS plus the model's own (chat models often end turns with another id)."""
@@ -238,9 +236,7 @@ class HFBackend:
     def _encode(self, batch: list[str]):
         # Chat templates usually write the BOS themselves; adding another shifts the model off-distribution.
         bos = self.tokenizer.bos_token
-        add_special = self.add_special_tokens
-        if add_special is None:
-            add_special = not (bos and all(p.startswith(bos) for p in batch))
+        add_special = self.wrapped or not (bos and all(p.startswith(bos) for p in batch))
         return self.tokenizer(
             batch,
             return_tensors="pt",
@@ -270,7 +266,7 @@ class HFBackend:
                 torch.manual_seed(sampling.seed * 1_000_003 + start)
             # A model in training must not get inference tensors in its buffers (its next
             # backward would fail on them); any other model takes the faster inference_mode.
-            with torch.no_grad() if self.trained else torch.inference_mode():
+            with torch.no_grad() if self.wrapped else torch.inference_mode():
                 out = self.model.generate(
                     **enc,
                     max_new_tokens=sampling.max_new_tokens,
