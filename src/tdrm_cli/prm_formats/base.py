@@ -1,0 +1,185 @@
+"""What every public PRM format shares: the folder it loads from, its registry entry, and a
+scorer with the interface tdrm's own `PRM` gives the stages (`score`, `separator`, `agg`,
+`meta`, `max_tokens`, `encode(...).step_tokens`).
+
+A format adapter says only how a (question, steps) pair becomes token sequences and which
+positions of which sequence hold each step's value (`sequences`), and how a value is read
+from the model's output at those positions (`read`). Batching, padding and the forward pass
+are here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tdrm_cli.errors import UsageError
+from tdrm_cli.steps import DEFAULT_SEPARATOR
+
+
+@dataclass(frozen=True)
+class Folder:
+    """What detection may look at without loading weights."""
+
+    path: Path
+    config: dict[str, Any]
+    weight_names: frozenset[str]
+    """Tensor names in the folder's safetensors files (their headers only)."""
+    special_tokens: frozenset[str] = frozenset()
+    """Added and special tokens of the tokenizer (from tokenizer.json / tokenizer_config.json)."""
+    files: frozenset[str] = frozenset()
+
+    @property
+    def architectures(self) -> list[str]:
+        return list(self.config.get("architectures") or [])
+
+
+@dataclass(frozen=True)
+class Format:
+    """One registry entry: `detect(folder)` says whether a folder is in this layout;
+    `load(folder, options, dtype, device, trust_remote_code)` gives a scorer."""
+
+    name: str
+    help: str
+    detect: Callable[[Folder], bool]
+    load: Callable[..., Any]
+    options: dict[str, str] = field(default_factory=dict)
+    """`--prm-option KEY=VALUE` keys this format takes, with what each means."""
+
+
+@dataclass
+class Sequence_:
+    """One forward pass's tokens and the positions read, one per step it scores."""
+
+    ids: list[int]
+    positions: list[int]
+
+
+@dataclass
+class Counted:
+    """`encode(...)`'s answer for a public PRM: tokens per step (eval's cost table)."""
+
+    step_tokens: list[int]
+
+
+def check_options(fmt: Format, options: dict[str, str], where: str) -> dict[str, str]:
+    unknown = sorted(set(options) - set(fmt.options) - {"separator", "agg"})
+    if unknown:
+        known = ", ".join(sorted({*fmt.options, "separator", "agg"}))
+        raise UsageError(
+            f"{where}: format '{fmt.name}' has no option {unknown[0]!r} (it takes: {known})"
+        )
+    return options
+
+
+class FormatPRM:
+    """A public PRM behind tdrm's PRM interface. Subclasses set `format` and implement
+    `sequences` and `read`.
+
+    `separator` is how tdrm splits a policy's completion into steps before scoring it
+    (`--prm-option separator=...`, default tdrm's); how the steps are then joined for the
+    PRM is the format's own recipe. `head` is None: no prefix-cached search scoring and no
+    online updates, which need tdrm's value head.
+    """
+
+    format = ""
+    head = None
+
+    def __init__(self, model: Any, tokenizer: Any, options: dict[str, str]):
+        from tdrm_cli.voting import AGGREGATIONS
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.options = dict(options)
+        self.separator: str = options.get("separator", DEFAULT_SEPARATOR)
+        self.agg: str = options.get("agg", "min")
+        if self.agg not in AGGREGATIONS:
+            raise UsageError(
+                f"--prm-option agg={self.agg}: expected one of {', '.join(AGGREGATIONS)}"
+            )
+        self.max_tokens: int | None = getattr(model.config, "max_position_embeddings", None)
+        self.meta: dict[str, Any] = {
+            "format": self.format,
+            "separator": self.separator,
+            "agg": self.agg,
+            "loss": None,
+        }
+        pad = tokenizer.pad_token_id
+        self.pad_id: int = pad if pad is not None else (tokenizer.eos_token_id or 0)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    # ---------------------------------------------------------- what a format defines
+
+    def sequences(self, question: str, steps: Sequence[str]) -> list[Sequence_]:
+        """The token sequences scoring these steps needs and, in each, the positions whose
+        values are the steps' (in step order over all sequences)."""
+        raise NotImplementedError
+
+    def read(self, output: Any, rows: Any, positions: Any):
+        """Step values in (0, 1), a float tensor `[n]`, from the model's `output` at
+        `(rows[i], positions[i])`."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------- shared
+
+    def encode(self, question: str, steps: Sequence[str]) -> Counted:
+        """Tokens per step, each step tokenized alone (eval's cost table)."""
+        return Counted(
+            [len(self.tokenizer(s, add_special_tokens=False)["input_ids"]) for s in steps]
+        )
+
+    def surely_too_long(self, question: str, steps: Sequence[str]) -> bool:
+        return False
+
+    def score(
+        self, problems: Sequence[str], solutions: Sequence[Sequence[str]], batch_size: int = 32
+    ) -> list[list[float]]:
+        """Step values of every solution."""
+        import torch
+
+        from tdrm_cli.prm import NonFinite, TooLong, length_buckets
+
+        if len(problems) != len(solutions):
+            raise ValueError(f"{len(problems)} problems but {len(solutions)} solutions")
+        flat: list[tuple[int, Sequence_]] = []
+        for i, (question, steps) in enumerate(zip(problems, solutions, strict=True)):
+            for seq in self.sequences(question, steps) if steps else ():
+                if self.max_tokens is not None and len(seq.ids) > self.max_tokens:
+                    raise TooLong(
+                        f"a solution of {len(seq.ids)} tokens is over the PRM's limit "
+                        f"of {self.max_tokens} tokens"
+                    )
+                flat.append((i, seq))
+        read_values: list[list[float]] = [[] for _ in flat]
+        for chunk in length_buckets([len(s.ids) for _, s in flat], batch_size):
+            seqs = [flat[j][1] for j in chunk]
+            width = max(len(s.ids) for s in seqs)
+            input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for r, s in enumerate(seqs):  # right padding: positions stay where they are alone
+                input_ids[r, : len(s.ids)] = torch.tensor(s.ids)
+                attention_mask[r, : len(s.ids)] = 1
+            rows = torch.tensor([r for r, s in enumerate(seqs) for _ in s.positions])
+            positions = torch.tensor([p for s in seqs for p in s.positions])
+            with torch.inference_mode():
+                output = self.model(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention_mask.to(self.device),
+                )
+                read = self.read(output, rows.to(self.device), positions.to(self.device))
+            read = read.float().cpu()
+            if not bool(torch.isfinite(read).all()):
+                raise NonFinite("the PRM gave a non-finite (NaN) step value")
+            k = 0
+            for j, s in zip(chunk, seqs, strict=True):
+                read_values[j] = read[k : k + len(s.positions)].tolist()
+                k += len(s.positions)
+        values: list[list[float]] = [[] for _ in problems]
+        for (i, _), got in zip(flat, read_values, strict=True):  # step order, whatever the buckets
+            values[i].extend(got)
+        return values
