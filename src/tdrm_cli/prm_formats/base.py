@@ -64,6 +64,45 @@ class Counted:
     step_tokens: list[int]
 
 
+def read_folder(path: str | Path, where: str = "--prm") -> Folder:
+    """The folder's config, tensor names (safetensors headers) and tokenizer specials."""
+    import json
+
+    from safetensors import safe_open
+
+    from tdrm_cli.steps import read_json_object
+
+    path = Path(path)
+    config = read_json_object(path / "config.json", where)
+    names: set[str] = set()
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            names.update(f.keys())
+    special: set[str] = set()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # the tokenizer's own loader reports it when the format loads
+        for token in data.get("added_tokens") or []:  # tokenizer.json
+            if isinstance(token, dict) and isinstance(token.get("content"), str):
+                special.add(token["content"])
+        for token in (data.get("added_tokens_decoder") or {}).values():  # tokenizer_config
+            if isinstance(token, dict) and isinstance(token.get("content"), str):
+                special.add(token["content"])
+        for value in data.values():
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                text = item.get("content") if isinstance(item, dict) else item
+                if isinstance(text, str) and name != "tokenizer.json" and text.startswith("<"):
+                    special.add(text)
+    files = frozenset(p.name for p in path.iterdir())
+    return Folder(path, config, frozenset(names), frozenset(special), files)
+
+
 def check_options(fmt: Format, options: dict[str, str], where: str) -> dict[str, str]:
     unknown = sorted(set(options) - set(fmt.options) - {"separator", "agg"})
     if unknown:
