@@ -39,7 +39,9 @@ def first_error(values: Sequence[float], threshold: float) -> int:
 
 def processbench(pred: Sequence[int], gold: Sequence[int]) -> dict[str, float | None]:
     """ProcessBench scoring: accuracy on erroneous (gold >= 0) and correct (gold == -1)
-    solutions, and their harmonic mean F1."""
+    solutions, and their harmonic mean F1. An accuracy is None when its class has no
+    solution (F1 None too); F1 is 0 when both accuracies are 0 (the published script
+    divides 0 by 0 there and prints nan)."""
     err = [p == g for p, g in zip(pred, gold, strict=True) if g >= 0]
     cor = [p == g for p, g in zip(pred, gold, strict=True) if g < 0]
     acc_err = sum(err) / len(err) if err else None
@@ -49,6 +51,43 @@ def processbench(pred: Sequence[int], gold: Sequence[int]) -> dict[str, float | 
     else:
         f1 = 0.0 if acc_err + acc_cor == 0 else 2 * acc_err * acc_cor / (acc_err + acc_cor)
     return {"error_acc": acc_err, "correct_acc": acc_cor, "f1": f1}
+
+
+PROCESSBENCH_THRESHOLD = 0.5
+"""The published fixed threshold: a step scoring below it is the predicted first error."""
+PROCESSBENCH_SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")
+"""The released subsets (the dataset's splits), in the paper's column order."""
+
+
+def processbench_official(
+    trajectories: Sequence[Sequence[float]],
+    gold: Sequence[int],
+    subsets: Sequence[str],
+    threshold: float = PROCESSBENCH_THRESHOLD,
+) -> dict:
+    """ProcessBench as published (arXiv 2412.06559, QwenLM/ProcessBench `code/`): on every
+    solution, the predicted first error is the first step scoring below `threshold` (-1 when
+    none is); per subset, `processbench` accuracies and F1 over all its solutions (nothing is
+    held out: the threshold is fixed, not fitted); `average_f1` is the unweighted mean of the
+    subsets' F1 (the paper's "Avg."), None unless every subset has one. Subsets come in the
+    paper's order, then any others in the order they first appear."""
+    by_subset: dict[str, list[int]] = {}
+    for i, name in enumerate(subsets):
+        by_subset.setdefault(name, []).append(i)
+    order = [s for s in PROCESSBENCH_SUBSETS if s in by_subset]
+    order += [s for s in by_subset if s not in order]
+    table = {}
+    for name in order:
+        idx = by_subset[name]
+        pred = [first_error(trajectories[i], threshold) for i in idx]
+        table[name] = {
+            "solutions": len(idx),
+            "erroneous": sum(1 for i in idx if gold[i] >= 0),
+            **processbench(pred, [gold[i] for i in idx]),
+        }
+    f1s = [row["f1"] for row in table.values()]
+    average = sum(f1s) / len(f1s) if f1s and None not in f1s else None
+    return {"threshold": threshold, "subsets": table, "average_f1": average}
 
 
 def best_threshold(

@@ -200,8 +200,13 @@ class EvalConfig(RunConfig):
     steps_file: str | None = opt(
         None, "ProcessBench-format JSONL (problem, steps, label = first wrong step or -1)."
     )
+    threshold: float = opt(
+        0.5,
+        "ProcessBench's fixed first-error threshold for --steps-file (the official protocol; "
+        "0.5 is the published default): the first step scoring below it is the predicted error.",
+    )
     threshold_fraction: float = opt(
-        0.5, "Share of solutions used to pick the first-error threshold (rest: reported)."
+        0.5, "Share of solutions used to pick the tuned first-error threshold (rest: reported)."
     )
     bon: list[str] = opt([], "bon run folders to include in report.md; repeatable.")
     search: list[str] = opt([], "search run folders to include in report.md; repeatable.")
@@ -225,6 +230,7 @@ class EvalConfig(RunConfig):
         )
         _one_of(self.split, SPLITS, "--split")
         _check(self.problems > 0 and self.k > 0, "--problems and --k must be > 0")
+        _check(0.0 < self.threshold < 1.0, f"--threshold {self.threshold}: must be in (0, 1)")
         _check(0.0 < self.threshold_fraction < 1.0, "--threshold-fraction must be in (0, 1)")
         _check(
             self.max_new_tokens > 0 and self.batch_size > 0,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tdrm_cli.plots import rl_accuracy_vs_problems
-from tdrm_cli.report.markdown import copy_plots, md_table, read_json, reading
+from tdrm_cli.report.markdown import copy_plots, fmt, md_table, read_json, reading
 
 
 def policy_section(policy: str, p: dict) -> str:
@@ -58,6 +58,40 @@ def prm_quality_section(title: str, quality: dict) -> str:
             [[row[0], *row[6:]] for row in rows],
         )
         + degenerate_notes(quality)
+    )
+
+
+def processbench_section(source: str, quality: dict) -> str:
+    """Every PRM side by side under the official ProcessBench protocol, one column per
+    subset (`metrics.steps_file.<prm>.processbench`, `metrics.processbench_official`)."""
+    first = next(iter(quality.values()))["processbench"]
+    subsets = first["subsets"]  # one file: the same subsets for every PRM
+
+    def cell(bench: dict) -> str:
+        return " / ".join(fmt(bench[k]) for k in ("error_acc", "correct_acc", "f1"))
+
+    rows = [
+        [
+            name,
+            *[cell(values["processbench"]["subsets"][s]) for s in subsets],
+            values["processbench"]["average_f1"],
+        ]
+        for name, values in quality.items()
+    ]
+    sizes = ", ".join(
+        f"{s} {b['solutions']} ({b['erroneous']} erroneous)" for s, b in subsets.items()
+    )
+    return (
+        f"## ProcessBench on `{source}`: the official protocol\n\n"
+        f"Fixed threshold {first['threshold']:g} (`--threshold`; 0.5 is the published "
+        "default), every solution scored: the predicted first error is the first step "
+        "scoring below it (none: the solution is called correct). Per subset: accuracy on "
+        "the erroneous solutions (predicted step = labelled step), accuracy on the correct "
+        "ones (none predicted), and their harmonic mean F1; **average F1** = the unweighted "
+        "mean of the subsets' F1, the number the paper reports. This is the official "
+        "number; the tuned-threshold F1 in the next table is not. Solutions: "
+        f"{sizes}.\n\n"
+        + md_table(["PRM", *[f"{s} (err / correct / F1)" for s in subsets], "average F1"], rows)
     )
 
 

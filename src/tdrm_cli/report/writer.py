@@ -17,6 +17,7 @@ from tdrm_cli.report.sections import (
     policy_section,
     prm_cost_section,
     prm_quality_section,
+    processbench_section,
     rl_section,
     search_section,
 )
@@ -36,9 +37,11 @@ def write_report(out: Path, results: dict, trajectories: dict, cfg) -> Path:
         parts.append(policy_section(cfg.policy, results["policy"]))
     if results.get("coupling"):
         parts.append(coupling_section(results["coupling"]))
+    if results.get("steps_file"):
+        parts.append(processbench_section(cfg.steps_file, results["steps_file"]))
     for section, title in (
         ("prm", "PRM step quality on the policy's samples"),
-        ("steps_file", f"PRM step quality on `{cfg.steps_file}`"),
+        ("steps_file", f"PRM step quality on `{cfg.steps_file}` (tuned threshold)"),
     ):
         if results.get(section):
             parts.append(prm_quality_section(title, results[section]))

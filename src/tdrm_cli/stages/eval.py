@@ -7,7 +7,8 @@ problems, reported on the rest), ECE of the last-step value against the verdict,
 and smoothness of the value trajectories (d = 1 and d = tokens of the next step), and
 whether it is degenerate (`metrics.degeneracy`, the rule train-prm applies). The samples'
 process–outcome coupling (`metrics.coupling`) says how far the verdict follows the steps.
-`--steps-file` evaluates PRMs on external ProcessBench-format data instead.
+`--steps-file` evaluates PRMs on external ProcessBench-format data instead: the official
+protocol (fixed `--threshold`, per subset and their average F1) beside the tuned threshold.
 `report.md` gathers these tables with the bon / search / rl runs given.
 """
 
@@ -157,8 +158,26 @@ def train_prm_flag(path: str) -> bool | None:
     return flag if isinstance(flag, bool) else None
 
 
+def row_subset(item: dict[str, Any], where: str, default: str) -> str:
+    """A row's ProcessBench subset: its `subset` or `split` field, else the prefix of an `id`
+    like the released data's `gsm8k-0` / `olympiadbench-12`, else `default` (the file's name)."""
+    for field in ("subset", "split"):
+        if field in item:
+            value = item[field]
+            if not isinstance(value, str) or not value.strip():
+                raise UsageError(f"{where}: field '{field}' must be a non-empty string")
+            return check_text(value.strip(), f"{where}: field '{field}'")
+    ident = item.get("id")
+    if isinstance(ident, str):
+        prefix, _, number = ident.rpartition("-")
+        if prefix and number.isdigit():
+            return check_text(prefix, f"{where}: field 'id'")
+    return default
+
+
 def read_steps_file(path: str) -> list[dict[str, Any]]:
-    """ProcessBench-format JSONL: `problem`, `steps`, `label` (first wrong step, -1 if none)."""
+    """ProcessBench-format JSONL: `problem`, `steps`, `label` (first wrong step, -1 if none),
+    and the subset each row belongs to (`row_subset`)."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"--steps-file {path}: no such file")
@@ -193,7 +212,13 @@ def read_steps_file(path: str) -> list[dict[str, Any]]:
         # Steps after the first error have no label in ProcessBench: leave them out of the AUROC.
         truth = [1] * len(steps) if label < 0 else [1] * label + [0]
         rows.append(
-            {"p_index": len(rows), "prompt": item["problem"], "steps": steps, "truth_full": truth}
+            {
+                "p_index": len(rows),
+                "prompt": item["problem"],
+                "steps": steps,
+                "truth_full": truth,
+                "subset": row_subset(item, f"{path} line {line_no}", p.stem),
+            }
         )
     if not rows:
         raise UsageError(f"--steps-file {path}: no rows")
@@ -201,8 +226,11 @@ def read_steps_file(path: str) -> list[dict[str, Any]]:
 
 
 def steps_file_quality(
-    prm: Any, rows: list[dict[str, Any]], fraction: float, batch_size: int
+    prm: Any, rows: list[dict[str, Any]], fraction: float, batch_size: int, threshold: float
 ) -> dict[str, Any]:
+    """One PRM on a ProcessBench file: the official protocol (`processbench`: fixed
+    `threshold`, every row, per subset) and the `first_error_*` numbers at a threshold tuned
+    on the first `fraction` of the rows (reported on the rest), with step AUROC."""
     values = prm.score(
         [r["prompt"] for r in rows], [r["steps"] for r in rows], batch_size=batch_size
     )
@@ -217,14 +245,15 @@ def steps_file_quality(
         list(range(cut)) or list(range(len(rows))),
         list(range(cut, len(rows))) or list(range(len(rows))),
     )
-    threshold = M.best_threshold([values[i] for i in fit], [gold[i] for i in fit])
-    bench = M.processbench(
-        [M.first_error(values[i], threshold) for i in rest], [gold[i] for i in rest]
-    )
+    tuned = M.best_threshold([values[i] for i in fit], [gold[i] for i in fit])
+    bench = M.processbench([M.first_error(values[i], tuned) for i in rest], [gold[i] for i in rest])
     return {
         "solutions": len(rows),
+        "processbench": M.processbench_official(
+            values, gold, [r["subset"] for r in rows], threshold
+        ),
         "step_auroc": M.auroc([v for v, _ in pairs], [t for _, t in pairs]),
-        "first_error_threshold": threshold,
+        "first_error_threshold": tuned,
         **{f"first_error_{k}": v for k, v in bench.items()},
         "smoothness": M.smoothness(values),
         **M.degeneracy(values, step=([v for v, _ in pairs], [t for _, t in pairs])),
@@ -329,7 +358,9 @@ def run(cfg: EvalConfig) -> Path:
                 trajectories[name] = (values, [r["correct"] for r in rows if r["steps"]])
         if file_rows:
             results["steps_file"] = {
-                name: steps_file_quality(prm, file_rows, cfg.threshold_fraction, cfg.batch_size)
+                name: steps_file_quality(
+                    prm, file_rows, cfg.threshold_fraction, cfg.batch_size, cfg.threshold
+                )
                 for name, prm in prms.items()
                 if name != LIKELIHOOD_BASELINE  # the policy's likelihood is for its own samples
             }
@@ -351,4 +382,7 @@ def flat_metrics(results: dict[str, Any]) -> dict[str, Any]:
                     out[f"{section}:{name}/{key}"] = round(values[key], 4)
             if values.get("degenerate") is not None:
                 out[f"{section}:{name}/degenerate"] = values["degenerate"]
+            official = (values.get("processbench") or {}).get("average_f1")
+            if official is not None:
+                out[f"{section}:{name}/processbench_average_f1"] = round(official, 4)
     return out
