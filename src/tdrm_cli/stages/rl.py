@@ -47,7 +47,7 @@ from tdrm_cli.configs.train import RLConfig
 from tdrm_cli.console import console, log
 from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.prm import PRM, load_prm
-from tdrm_cli.rewards import OnlinePRMUpdate, PRMReward, VerifierReward
+from tdrm_cli.rewards import PRM_REWARDS, OnlinePRMUpdate, VerifierReward
 from tdrm_cli.rl_callbacks import CURVE, ONLINE_PRM_STATE, AccuracyCurve, SaveCritic, resume_state
 from tdrm_cli.runs import (
     Run,
@@ -179,7 +179,7 @@ def reward_functions(cfg: RLConfig, task: Task, separator: str, prm: PRM | None,
     """(reward callables, GRPO reward_weights) for `--reward`."""
     make = {
         "verifier": lambda: VerifierReward(task, separator, observer=observer),
-        "prm": lambda: PRMReward(prm, cfg.agg),
+        "prm": lambda: PRM_REWARDS[cfg.prm_reward](prm, cfg.agg, task),
     }
     mix = REWARD_MIXES[cfg.reward](cfg.prm_weight)
     return [make[name]() for name, _ in mix], [weight for _, weight in mix]
