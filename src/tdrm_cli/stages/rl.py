@@ -7,6 +7,7 @@ from the library) -> save (`model/`, `metrics.json`, `eval_curve.json` + PNG).
 - Rewards (`rewards.py`): `--reward rlvr` trains on the verifier alone, `prm` on the PRM's
   aggregated step score (the verifier is still computed, with weight 0, so its mean is
   logged), `prm+rlvr` on both with GRPO `reward_weights` [w, 1-w] (`--prm-weight w`).
+  `--prm-reward` reads the PRM's score: `agg` (every step, `--agg`) or `tdrm-reference`.
 - Problem stream: the task's first `--problems` train problems, shuffled once by `--seed`
   and fed in that order (TRL's own shuffle is off). Runs with different rewards therefore
   see the same problems in the same order, and step s has seen s x `--batch-size` problems.
