@@ -12,7 +12,7 @@ passed zeros and the verdict. `STEP_REWARDS` is the registry of sources, one fun
   Monte-Carlo labels of collect, or imported ones); every row must have them.
 * `length`: r_t = -(--step-cost) for every transition inside the solution.
 
-`STEP_REWARD_OPTIONS` holds their settings, shared by train-prm and rl's online updates (a
+`StepRewardOptions` holds their settings, shared by train-prm and rl's online updates (a
 base of `configs.train.TargetOptions`). Light to import: torch only inside the sources.
 """
 
@@ -37,7 +37,7 @@ def cosine_shaped(steps: int, correct: bool, options: Any) -> float:
             CosFn(L, L_max, r0_wrong,   rL_wrong)     if it is wrong
             r_exceed                                  if L >= L_max
 
-    with L the solution's step count and L_max = --shaping-max-steps (the paper counts
+    with L the solution's step count and L_max = --shaping-max-steps (Yeo et al. count
     tokens; a PRM here sees steps). CosFn(0) = eta_start, CosFn(T) = eta_end."""
     if steps >= options.shaping_max_steps:
         return options.shaping_exceed
