@@ -17,6 +17,7 @@ rollouts, the verifier's verdict as the terminal reward.
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from collections.abc import Callable, Sequence
@@ -95,7 +96,7 @@ class PRMReward:
         self, prompts: Sequence[Any], completions: Sequence[Any], question: Sequence[str], **_: Any
     ) -> list[float]:
         keys = [
-            (q, tuple(split_steps(completion_text(c), self.prm.separator)))
+            (q, tuple(self.scored_steps(split_steps(completion_text(c), self.prm.separator))))
             for q, c in zip(question, completions, strict=True)
         ]
         unique = [key for key in dict.fromkeys(keys) if key[1]]
@@ -104,8 +105,56 @@ class PRMReward:
             if unique
             else []
         )
-        score = {key: aggregate(v, self.agg) for key, v in zip(unique, values, strict=True)}
+        score = {key: self.reward(v) for key, v in zip(unique, values, strict=True)}
         return [score.get(key, 0.0) for key in keys]
+
+    def scored_steps(self, steps: list[str]) -> list[str]:
+        """The steps the PRM scores: all of them."""
+        return steps
+
+    def reward(self, values: list[float]) -> float:
+        """One completion's reward from its step values: their aggregation."""
+        return aggregate(values, self.agg)
+
+
+class ReferencePRMReward(PRMReward):
+    """The PRM reward of TDRM's reference RL code (`GRPOProcessTrainer`, THUDM/TDRM commit
+    d411244, trl/trl/trainer/grpo_process_trainer.py, `remove_boxed(text, 0)`): the steps
+    before the first one that states an answer (the answer step and all after it dropped;
+    at least one step kept; all of them when none states an answer), scored once, and the
+    reward is the raw logit of the last kept step's value (a sequence classifier's logit,
+    no sigmoid). `--agg` does not apply."""
+
+    def __init__(self, prm: Any, task: Task):
+        super().__init__(prm, "last")
+        self.task = task
+
+    def scored_steps(self, steps: list[str]) -> list[str]:
+        for i, step in enumerate(steps):
+            if self.task.extract_answer([step]) is not None:
+                return steps[: max(i, 1)]
+        return steps
+
+    def reward(self, values: list[float]) -> float:
+        return value_logit(values[-1])
+
+
+LOGIT_CLIP = 1e-7
+"""Step values are clipped to [c, 1-c] before the logit (|logit| <= 16.1): a float32 sigmoid
+rounds logits above ~17 to 1.0."""
+
+
+def value_logit(value: float) -> float:
+    """log(p / (1 - p)) of a step value p, the logit the PRM's head gave it."""
+    p = min(max(float(value), LOGIT_CLIP), 1.0 - LOGIT_CLIP)
+    return math.log(p) - math.log1p(-p)
+
+
+PRM_REWARDS: dict[str, Callable[[Any, str | None, Task], PRMReward]] = {
+    "agg": lambda prm, agg, task: PRMReward(prm, agg),
+    "tdrm-reference": lambda prm, agg, task: ReferencePRMReward(prm, task),
+}
+"""`rl --prm-reward` -> the PRM reward callable (choices and help: `step_rewards.PRM_REWARD_HELP`)."""
 
 
 # ---------------------------------------------------------------- the critic, trained online

@@ -27,27 +27,39 @@ class Targets:
     n_step: int | None = None
     td_mix: float | None = None
     hard: bool = False
+    step_rewards: Any = None
+    """`step_rewards.StepRewards` (`--step-reward`), or None: no rewards inside a solution."""
 
     @classmethod
     def from_config(cls, cfg: Any) -> Targets:
         """From a config with the target options (`configs.train.TargetOptions`); `hard` only
         matters for MC labels, so a stage without them (rl) has no such option."""
-        hard = getattr(cfg, "hard", False)
-        return cls(cfg.loss, cfg.gamma, cfg.td_lambda, cfg.n_step, cfg.td_mix, hard)
+        from tdrm_cli.step_rewards import StepRewards
 
-    def td(self, values, terminal, mask):
-        """TD(lambda), or n-step when `n_step` is set; per-step rewards are 0, R = verdict."""
+        hard = getattr(cfg, "hard", False)
+        steps = StepRewards.from_config(cfg)
+        return cls(cfg.loss, cfg.gamma, cfg.td_lambda, cfg.n_step, cfg.td_mix, hard, steps)
+
+    def td(self, values, terminal, mask, batch: dict[str, Any] | None = None):
+        """TD(lambda), or n-step when `n_step` is set; the rewards inside a solution and R
+        come from `step_rewards` (`batch` holds the labels it may read), else 0 and the verdict."""
         from tdrm_cli import td
 
+        rewards = None
+        if self.step_rewards is not None:
+            rewards, terminal = self.step_rewards(terminal, mask, batch)
         if self.n_step is not None:
-            return td.nstep_targets(values, None, terminal, mask, n=self.n_step, gamma=self.gamma)
+            return td.nstep_targets(
+                values, rewards, terminal, mask, n=self.n_step, gamma=self.gamma
+            )
         return td.td_lambda_targets(
-            values, None, terminal, mask, gamma=self.gamma, lam=self.td_lambda
+            values, rewards, terminal, mask, gamma=self.gamma, lam=self.td_lambda
         )
 
     def label(self) -> str:
         """The target in words, for the logs."""
-        return TARGETS[self.loss].label(self)
+        words = TARGETS[self.loss].label(self)
+        return words if self.step_rewards is None else f"{words}, {self.step_rewards.label()}"
 
     def __call__(self, values, batch: dict[str, Any]):
         """`[batch, steps]` targets from the bootstrap `values` and a `StepCollator` batch."""
@@ -57,7 +69,7 @@ class Targets:
 def _td_target(spec: Targets, values, batch):
     from tdrm_cli import td
 
-    y = spec.td(values, batch["terminal"], batch["step_mask"])
+    y = spec.td(values, batch["terminal"], batch["step_mask"], batch)
     if spec.td_mix is None:
         return y
     mc = td.mc_targets(batch["mc_labels"], batch["step_mask"], hard=spec.hard)

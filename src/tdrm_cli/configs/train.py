@@ -15,6 +15,12 @@ from tdrm_cli.config import (
     listed,
     opt,
 )
+from tdrm_cli.step_rewards import (
+    ONLINE_STEP_REWARDS,
+    PRM_REWARD_HELP,
+    STEP_REWARDS,
+    StepRewardOptions,
+)
 from tdrm_cli.targets import ONLINE_LOSSES, TARGETS, loss_help, loss_refused
 from tdrm_cli.voting import AGGREGATIONS
 
@@ -82,7 +88,7 @@ class SFTConfig(RunConfig):
 
 
 @dataclass
-class TargetOptions:
+class TargetOptions(StepRewardOptions):
     """What a PRM's step values are fit to, in train-prm and in rl --prm-update online."""
 
     loss: str = opt("td", f"Target: {loss_help(TARGETS)}.")
@@ -93,9 +99,15 @@ class TargetOptions:
         None, "alpha: target = alpha*TD + (1-alpha)*MC where MC labels exist (online: none, so TD)."
     )
 
-    def check_targets(self, losses: tuple[str, ...] = tuple(TARGETS)) -> None:
-        """`loss` one of `losses`; the TD settings in range, and given only with --loss td."""
+    def check_targets(
+        self,
+        losses: tuple[str, ...] = tuple(TARGETS),
+        step_rewards: tuple[str, ...] = tuple(STEP_REWARDS),
+    ) -> None:
+        """`loss` one of `losses`, `step_reward` one of `step_rewards`; the TD settings in
+        range, and given only with --loss td."""
         _check(self.loss in losses, loss_refused(self.loss, losses))
+        self.check_step_reward(step_rewards, self.loss)
         _check(0.0 <= self.td_lambda <= 1.0, f"--td-lambda {self.td_lambda}: must be in [0, 1]")
         _check(0.0 < self.gamma <= 1.0, f"--gamma {self.gamma}: must be in (0, 1]")
         _check(self.n_step is None or self.n_step >= 1, "--n-step must be >= 1")
@@ -199,6 +211,12 @@ class RLConfig(TargetOptions, RunConfig):
         None,
         f"Step-score aggregation for the PRM reward: {listed(AGGREGATIONS)}; none = the PRM's own.",
     )
+    prm_reward: str = opt(
+        "agg",
+        "PRM reward of a completion: "
+        + listed(f"{name} ({help})" for name, help in PRM_REWARD_HELP.items())
+        + ".",
+    )
     max_steps: int = opt(-1, "Stop after this many GRPO steps (-1: one pass over --problems).")
     batch_size: int = opt(
         8, "Problems per GRPO step (global); each gets --num-generations completions."
@@ -247,6 +265,11 @@ class RLConfig(TargetOptions, RunConfig):
             self.agg is None or self.agg in AGGREGATIONS,
             f"--agg {self.agg}: expected {listed(AGGREGATIONS)}",
         )
+        _one_of(self.prm_reward, PRM_REWARD_HELP, "--prm-reward")
+        _check(
+            self.agg is None or self.prm_reward == "agg",
+            f"--agg needs --prm-reward agg (got --prm-reward {self.prm_reward})",
+        )
         _check(self.problems > 0, "--problems must be > 0")
         _check(
             self.batch_size > 0 and self.problems >= self.batch_size,
@@ -276,11 +299,12 @@ class RLConfig(TargetOptions, RunConfig):
             "--prm-update-every and --prm-batch-size must be > 0",
         )
         _check(self.prm_learning_rate > 0, "--prm-learning-rate must be > 0")
-        self.check_targets(ONLINE_LOSSES)
+        self.check_targets(ONLINE_LOSSES, ONLINE_STEP_REWARDS)
         _check(
             self.prm_update == "online"
-            or (self.loss, self.n_step, self.td_mix) == ("td", None, None),
-            "--loss, --n-step and --td-mix need --prm-update online",
+            or (self.loss, self.n_step, self.td_mix, self.step_reward)
+            == ("td", None, None, "none"),
+            "--loss, --n-step, --td-mix and --step-reward need --prm-update online",
         )
         _check(
             self.eval_every >= 0 and self.eval_problems >= 0,

@@ -7,6 +7,7 @@ from the library) -> save (`model/`, `metrics.json`, `eval_curve.json` + PNG).
 - Rewards (`rewards.py`): `--reward rlvr` trains on the verifier alone, `prm` on the PRM's
   aggregated step score (the verifier is still computed, with weight 0, so its mean is
   logged), `prm+rlvr` on both with GRPO `reward_weights` [w, 1-w] (`--prm-weight w`).
+  `--prm-reward` reads the PRM's score: `agg` (every step, `--agg`) or `tdrm-reference`.
 - Problem stream: the task's first `--problems` train problems, shuffled once by `--seed`
   and fed in that order (TRL's own shuffle is off). Runs with different rewards therefore
   see the same problems in the same order, and step s has seen s x `--batch-size` problems.
@@ -47,7 +48,7 @@ from tdrm_cli.configs.train import RLConfig
 from tdrm_cli.console import console, log
 from tdrm_cli.errors import UsageError, first_line
 from tdrm_cli.prm import PRM, load_prm
-from tdrm_cli.rewards import OnlinePRMUpdate, PRMReward, VerifierReward
+from tdrm_cli.rewards import PRM_REWARDS, OnlinePRMUpdate, VerifierReward
 from tdrm_cli.rl_callbacks import CURVE, ONLINE_PRM_STATE, AccuracyCurve, SaveCritic, resume_state
 from tdrm_cli.runs import (
     Run,
@@ -179,7 +180,7 @@ def reward_functions(cfg: RLConfig, task: Task, separator: str, prm: PRM | None,
     """(reward callables, GRPO reward_weights) for `--reward`."""
     make = {
         "verifier": lambda: VerifierReward(task, separator, observer=observer),
-        "prm": lambda: PRMReward(prm, cfg.agg),
+        "prm": lambda: PRM_REWARDS[cfg.prm_reward](prm, cfg.agg, task),
     }
     mix = REWARD_MIXES[cfg.reward](cfg.prm_weight)
     return [make[name]() for name, _ in mix], [weight for _, weight in mix]

@@ -40,6 +40,7 @@ from tdrm_cli.runs import (
     world_size,
 )
 from tdrm_cli.solutions import is_list, rollouts_table, row_problem
+from tdrm_cli.step_rewards import STEP_REWARDS
 from tdrm_cli.steps import read_policy_meta
 from tdrm_cli.targets import MC_LABELS, TARGETS, Needs, Targets
 from tdrm_cli.voting import AGGREGATIONS, aggregate
@@ -65,6 +66,9 @@ def needed_columns(cfg: TrainPRMConfig) -> dict[str, tuple[str, Needs]]:
         needs[loss.column] = (f"--loss {cfg.loss}", loss)
     if cfg.td_mix is not None:
         needs.setdefault(MC_LABELS.column, ("--td-mix", MC_LABELS))
+    rewards = STEP_REWARDS[cfg.step_reward].needs
+    if rewards is not None:
+        needs.setdefault(rewards.column, (f"--step-reward {cfg.step_reward}", rewards))
     return needs
 
 
@@ -84,8 +88,11 @@ def load_rollouts(cfg: TrainPRMConfig):
                 f"{path}: no {column} ({need.source}), but {flag} needs {need.pronoun}"
             )
     columns = [c for c in (*REQUIRED_COLUMNS, "step_labels", "step_truth") if c in frame.columns]
-    loss = TARGETS[cfg.loss].needs  # every row needs what its loss fits
+    loss = TARGETS[cfg.loss].needs  # every row needs what its loss fits, and its step rewards read
     flags = {loss.column: f"--loss {cfg.loss}"} if loss else {}
+    rewards = STEP_REWARDS[cfg.step_reward].needs
+    if rewards is not None:
+        flags.setdefault(rewards.column, f"--step-reward {cfg.step_reward}")
     for i, row in enumerate(frame[columns].itertuples(index=False, name=None)):
         problem = row_problem(dict(zip(columns, row, strict=True)), flags)
         if problem:
@@ -271,6 +278,7 @@ def train(cfg: TrainPRMConfig, run: Run, base: str, frame) -> tuple[PRM, dict[st
         td_lambda=cfg.td_lambda,
         n_step=cfg.n_step,
         td_mix=cfg.td_mix,
+        **({"step_reward": cfg.step_reward} if cfg.step_reward != "none" else {}),
     )
     encoder = PRM(model, tokenizer, meta)
     items = encode_rows(encoder, frame)
@@ -334,6 +342,20 @@ def _padded(values: list[list[float]], encoded: list[Encoded]):
     return value_tensor, mask, step_tokens
 
 
+def _label_batch(frame, mask) -> dict[str, Any]:
+    """The step labels of the held-out rows, padded like a `StepCollator` batch (what a
+    `--step-reward` may read)."""
+    import torch
+
+    labels = torch.zeros(mask.shape)
+    has = torch.zeros(mask.shape[0], dtype=torch.bool)
+    for i, row in enumerate(frame["step_labels"]):
+        if row is not None and len(row) == int(mask[i].sum()):
+            labels[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
+            has[i] = True
+    return {"mc_labels": labels, "has_mc": has, "step_mask": mask}
+
+
 def heldout_metrics(prm: PRM, frame, targets: Targets) -> dict[str, Any]:
     """Step AUROC vs step_truth, outcome AUROC per aggregation, smoothness, mean |TD error|,
     and `metrics.degeneracy` (`value_std`, `degenerate`, `degenerate_reasons`).
@@ -354,7 +376,8 @@ def heldout_metrics(prm: PRM, frame, targets: Targets) -> dict[str, Any]:
     correct = [int(c) for c in frame["correct"]]
     by_agg = {agg: auroc(correct, [aggregate(v, agg) for v in values]) for agg in AGGREGATIONS}
     value_tensor, mask, step_tokens = _padded(values, encoded)
-    y = targets.td(value_tensor, torch.tensor(correct, dtype=torch.float32), mask)
+    terminal = torch.tensor(correct, dtype=torch.float32)
+    y = targets.td(value_tensor, terminal, mask, _label_batch(frame, mask))
     flags = degeneracy(
         values,
         step=([v for _, v in truth_pairs], [t for t, _ in truth_pairs]) if truth_pairs else None,
