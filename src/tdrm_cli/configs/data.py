@@ -20,9 +20,7 @@ class ImportDataConfig(RunConfig):
     )
     format: str | None = opt(
         None,
-        "Layout of FILE: "
-        + "; ".join(f"{name} ({fmt.help})" for name, fmt in FORMATS.items())
-        + ".",
+        f"Layout of FILE: {listed(FORMATS)} (README: Public datasets).",
         required=True,
     )
     skip_bad_rows: bool = opt(

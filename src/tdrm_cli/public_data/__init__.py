@@ -17,9 +17,7 @@ from typing import Any, NamedTuple
 
 class Format(NamedTuple):
     module: str
-    """Module name under `tdrm_cli.public_data`."""
-    help: str
-    """What the format is, in a few words."""
+    """Module name under `tdrm_cli.public_data` (its docstring says which layout it reads)."""
 
     def reader(self) -> Any:
         return importlib.import_module(f"{__name__}.{self.module}")
@@ -27,11 +25,9 @@ class Format(NamedTuple):
 
 # --format name -> reader; the order is the help's
 FORMATS: dict[str, Format] = {
-    "math-shepherd": Format("math_shepherd", "peiyi9979/Math-Shepherd input/label with ки tags"),
-    "prm800k": Format("prm800k", "openai/prm800k phase JSONL (human step ratings)"),
-    "trl": Format("trl", "TRL stepwise prompt/completions/labels (trl-lib/math_shepherd, prm800k)"),
-    "processbench": Format("processbench", "Qwen/ProcessBench problem/steps/label (first error)"),
-    "tdrm-paper": Format(
-        "tdrm_paper", "THUDM/TDRM transitions conversations{question, state1, ...}"
-    ),
+    "math-shepherd": Format("math_shepherd"),
+    "prm800k": Format("prm800k"),
+    "trl": Format("trl"),
+    "processbench": Format("processbench"),
+    "tdrm-paper": Format("tdrm_paper"),
 }
