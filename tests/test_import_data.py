@@ -376,3 +376,28 @@ def test_command_line_end_to_end(tmp_path):
     assert done.stdout == f"{out}\n"
     assert "6 solutions, 3 problems, 6 math-shepherd records" in " ".join(done.stderr.split())
     assert len(rollouts(out)) == 6
+
+
+def test_a_pipeline_imports_then_trains(tiny_base, tmp_path):
+    """import-data is a pipeline stage: its run is the `@name` train-prm's --data takes."""
+    import yaml
+
+    recipe = tmp_path / "public.yaml"
+    train = {"data": "@imported", "base": str(tiny_base), "loss": "td", "max_steps": 1}
+    train.update(batch_size=4, report_to="none", eval_fraction=0.34)
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "root": str(tmp_path / "runs"),
+                "stages": [
+                    {"name": "imported", "stage": "import-data",
+                     "args": {"file": str(FILES["trl"]), "format": "trl"}},
+                    {"name": "prm", "stage": "train-prm", "args": train},
+                ],
+            }
+        )
+    )  # fmt: skip
+    result = invoke("pipeline", recipe)
+    assert result.exit_code == 0, result.output
+    assert manifest(tmp_path / "runs" / "prm")["status"] == "complete"
+    assert manifest(tmp_path / "runs" / "imported")["metrics"]["solutions"] == 6
