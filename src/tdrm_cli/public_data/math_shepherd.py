@@ -6,7 +6,7 @@ solution, each step ending in the tag `ки`; the question is the text before th
 answer) or `-` in place of each tag. Those are hard Monte-Carlo labels, so they become
 `step_labels` (1.0 / 0.0); the last step's label is the solution's own verdict, so it is
 also `correct`. The layout is the dataset card's and TRL's converter's
-(huggingface/trl `examples/datasets/math_shepherd.py`).
+(huggingface/trl `examples/datasets/math_shepherd.py`, commit 0ad367a).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ that step. Ratings 1 and 0 (fine, no progress) are good steps, -1 a bad one:
 step on). `label.finish_reason` gives the verdict: `solution` (the labeler reached the
 correct answer) is correct unless the last step is rated -1, `found_error` wrong;
 `give_up` and `bad_problem` carry no verdict, so such records are left out (counted).
-The layout is the repository README's; TRL's `examples/datasets/prm800k.py` reads it alike.
+The layout is the repository README's (commit 00811d6); TRL's `examples/datasets/prm800k.py`
+reads it alike.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
 A record is `{"id", "generator", "problem", "steps", "final_answer_correct", "label"}`;
 `label` is the index of the first wrong step, -1 when every step is right. Steps before
 it get 1, it and every later step 0: as prefix correctness (a prefix holding an error is
-wrong) that is exact, so it is both `step_labels` and `step_truth`, the reading
-`tdrm eval --steps-file` takes of the same field. `final_answer_correct` is `correct`.
+wrong) that is exact, so it is both `step_labels` and `step_truth` (`tdrm eval
+--steps-file` reads `label` alike up to the first error and leaves later steps out of its
+AUROC). `final_answer_correct` is `correct`.
 """
 
 from __future__ import annotations
