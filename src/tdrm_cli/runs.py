@@ -178,6 +178,7 @@ class Run:
 
 # Config fields that name what a stage reads: never the folder it writes.
 INPUT_FIELDS = (
+    "file",
     "policy",
     "data",
     "base",

@@ -206,8 +206,18 @@ def sample_graded(
 # ---------------------------------------------------------------- reading records back
 
 
-def rollouts_table(run: str | Path, role: str, columns: tuple[str, ...]):
-    """(path, pyarrow Table) of the `rollouts.parquet` of a complete collect run given as `--role`.
+ROLLOUT_STAGES = ("collect", "import-data")
+"""The stages whose run folders hold a `rollouts.parquet` of graded solutions."""
+
+
+def rollouts_table(
+    run: str | Path,
+    role: str,
+    columns: tuple[str, ...],
+    stages: tuple[str, ...] = ROLLOUT_STAGES,
+):
+    """(path, pyarrow Table) of the `rollouts.parquet` of a complete run of one of `stages`
+    (collect or import-data) given as `--role`.
 
     An incomplete run, a missing or damaged file, or a missing one of `columns` is a
     one-line UsageError naming the file.
@@ -216,7 +226,7 @@ def rollouts_table(run: str | Path, role: str, columns: tuple[str, ...]):
 
     from tdrm_cli.runs import require_complete
 
-    require_complete(run, role, "collect")
+    require_complete(run, role, stages)
     path = Path(run) / ROLLOUTS
     if not path.is_file():
         raise UsageError(f"--{role} {run}: no {ROLLOUTS}")

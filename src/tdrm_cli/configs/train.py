@@ -121,9 +121,11 @@ class TargetOptions(StepRewardOptions):
 class TrainPRMConfig(TargetOptions, RunConfig):
     """`tdrm train-prm`: fit step values to TD / n-step / MC / exact-truth / outcome targets."""
 
-    data: str | None = opt(None, "A complete collect run folder.")
+    data: str | None = opt(None, "A complete collect or import-data run folder.")
     base: str | None = opt(
-        None, "Backbone: HF causal LM folder or run folder (default: the data's policy)."
+        None,
+        "Backbone: HF causal LM folder or run folder (default: the data's policy; an "
+        "import-data run has none, so it needs --base).",
     )
     hard: bool = opt(False, "MC labels as hard 0/1 (any continuation reached the answer).")
     target_refresh: int = opt(

@@ -15,6 +15,9 @@ KEY_METRICS = ("pass@1", "step_auroc", "accuracy", "pass@n", "train_loss")
 
 
 def key_metric(metrics: dict) -> str:
+    if isinstance(metrics.get("format"), str) and isinstance(metrics.get("solutions"), int):
+        skipped = metrics.get("rows_skipped") or 0
+        return f"{metrics['format']}: {metrics['solutions']} solutions, {skipped} skipped"
     for key in KEY_METRICS:
         if isinstance(metrics.get(key), int | float):
             return f"{key}={metrics[key]:.3g}"

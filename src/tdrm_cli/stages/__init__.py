@@ -10,7 +10,7 @@ import importlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tdrm_cli.configs import sample, train
+from tdrm_cli.configs import data, sample, train
 
 
 class Stage(NamedTuple):
@@ -32,6 +32,11 @@ STAGES: dict[str, Stage] = {
         sample.CollectConfig,
         "collect",
         "Sample policy rollouts with verdicts, MC step labels and step truth.",
+    ),
+    "import-data": Stage(
+        data.ImportDataConfig,
+        "import_data",
+        "Import public step-labelled data (Math-Shepherd, PRM800K, ...) as a collect-shaped run.",
     ),
     "train-prm": Stage(
         train.TrainPRMConfig,

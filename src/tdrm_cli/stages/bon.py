@@ -71,7 +71,8 @@ SAMPLE_COLUMNS = ("problem_id", "prompt", "gold", "sample_idx", "steps", "answer
 
 def read_samples(cfg: BonConfig) -> list[dict[str, Any]]:
     """The first `--problems` problems of a collect run, `--n` rollouts each (by sample_idx)."""
-    path, table = rollouts_table(cfg.samples, "samples", SAMPLE_COLUMNS)
+    # only collect runs: imported data has no final answers to vote on
+    path, table = rollouts_table(cfg.samples, "samples", SAMPLE_COLUMNS, ("collect",))
     groups: dict[str, list[dict[str, Any]]] = {}
     # pyarrow keeps a missing answer None (pandas makes it NaN)
     for i, row in enumerate(table.select(list(SAMPLE_COLUMNS)).to_pylist()):
