@@ -178,12 +178,13 @@ def load_model(
 
 
 def load_tokenizer(folder: Folder, trust_remote_code: bool, where: str = "--prm"):
-    from transformers import AutoTokenizer
-
+    """The folder's tokenizer (`generation.load_tokenizer`: a generic tokenizer.json stays
+    generic whatever the model type)."""
+    from tdrm_cli.generation import load_tokenizer as load_saved_tokenizer
     from tdrm_cli.generation import model_load_errors
 
     with model_load_errors(f"{where} {folder.path}"):
-        return AutoTokenizer.from_pretrained(str(folder.path), trust_remote_code=trust_remote_code)
+        return load_saved_tokenizer(str(folder.path), trust_remote_code)
 
 
 def next_token_logits(model: Any, input_ids, attention_mask, rows, positions, token_ids):
