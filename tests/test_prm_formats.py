@@ -342,3 +342,15 @@ def test_the_test_tokenizer_is_sentencepiece_like():
     assert (
         len(tokenizer.encode("+ -")) == 3 and tokenizer.encode("+ -")[0] == tokenizer.bos_token_id
     )
+
+
+def test_rl_prm_reward_takes_a_public_prm(folders):
+    from tdrm_cli.rewards import PRMReward
+    from tdrm_cli.voting import aggregate
+
+    prm = load(folders["trl"], options={"separator": " | "})
+    reward = PRMReward(prm, "mean")
+    completions = [" | ".join(s) for s in SOLUTIONS]
+    got = reward([QUESTION] * 3, completions, question=[QUESTION] * 3)
+    want = [aggregate(v, "mean") for v in prm.score([QUESTION] * 3, SOLUTIONS)]
+    assert got == pytest.approx(want, abs=TOL)

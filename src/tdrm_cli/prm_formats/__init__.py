@@ -36,6 +36,7 @@ FORMAT_HELP = (
     f"PRM format: {', '.join(FORMATS)} or {AUTO} (detect it from the folder; the default). "
     "Once: for every --prm; or once per --prm, in order."
 )
+ONE_FORMAT_HELP = f"PRM format: {', '.join(FORMATS)} or {AUTO} (detect it from the folder)."
 OPTION_HELP = (
     "KEY=VALUE option of the PRM's format (repeatable; \\n, \\t and \\\\ are unescaped): for "
     "every --prm whose format takes KEY; N:KEY=VALUE for the N-th --prm (from 1) only."
@@ -123,7 +124,7 @@ def resolve(path_or_run: str | Path, role: str = "prm", fmt: str | None = None):
     if not Path(model_dir).is_dir():
         raise UsageError(
             f"--{role} {path_or_run}: a hub id; download the PRM first "
-            f"(huggingface-cli download {path_or_run} --local-dir DIR) and pass DIR"
+            f"(hf download {path_or_run} --local-dir DIR) and pass DIR"
         )
     if is_run_dir(path) or (fmt in (None, "tdrm") and (Path(model_dir) / PRM_META).is_file()):
         if fmt not in (None, "tdrm"):
@@ -213,4 +214,13 @@ def load_scoring_prms(
 
 def format_name(path_or_run: str | Path, role: str = "prm", fmt: str | None = None) -> str:
     """The format a --prm would load as (no weights read)."""
-    return resolve(path_or_run, role, fmt)[0].name
+    return resolve(path_or_run, role, None if fmt == AUTO else fmt)[0].name
+
+
+def require_tdrm(path_or_run: str | Path, fmt: str | None, why: str, role: str = "prm") -> None:
+    """A one-line error unless the PRM is tdrm's own (what needs its value head)."""
+    name = format_name(path_or_run, role, fmt)
+    if name != "tdrm":
+        raise UsageError(
+            f"{why}; --{role} {path_or_run} is a '{name}' PRM (a PRM from tdrm train-prm is)"
+        )
