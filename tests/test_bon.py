@@ -219,5 +219,8 @@ def test_prm_pointing_at_a_policy(tiny_policy, tmp_path):
     line = one_line_error(
         invoke("bon", "--policy", tiny_policy, "--prm", model, "--out", tmp_path / "r")
     )
-    assert line == f"error: --prm {model}: no tdrm_prm.json (not a PRM trained by tdrm train-prm)"
+    assert line.startswith(
+        f"error: --prm {model}: no tdrm_prm.json (not a PRM trained by tdrm train-prm) and no "
+        "public PRM format matches it; name one with --prm-format ("
+    )
     assert not (tmp_path / "r").exists()

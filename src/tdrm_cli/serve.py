@@ -25,7 +25,7 @@ from typing import Any
 
 from tdrm_cli import __version__
 from tdrm_cli.errors import UsageError, error_line
-from tdrm_cli.prm import load_prm
+from tdrm_cli.prm_formats import load_scoring_prms
 from tdrm_cli.serve_batcher import MicroBatcher, Overloaded
 from tdrm_cli.serve_config import ServeConfig
 from tdrm_cli.serve_http import ErrorLog, bind, guarded_protocol, read_json
@@ -177,7 +177,10 @@ def run(cfg: ServeConfig) -> None:
     sock = bind(cfg.host, cfg.port)  # before the slow load: a taken port fails at once
     try:
         start = time.perf_counter()
-        prm = load_prm(cfg.prm, "prm", None, cfg.trust_remote_code, cfg.allow_pickle)
+        (prm,) = load_scoring_prms(
+            [cfg.prm], [cfg.prm_format], cfg.prm_option, "prm", None, cfg.trust_remote_code,
+            cfg.allow_pickle,
+        )  # fmt: skip
         task = load_task_for(cfg, prm)
         app = create_app(prm, cfg, task=task, model=str(cfg.prm))
         if cfg.api_key is None and not _loopback(cfg.host):

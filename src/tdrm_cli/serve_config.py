@@ -12,6 +12,7 @@ from tdrm_cli.config import (
     listed,
     opt,
 )
+from tdrm_cli.prm_formats import ONE_FORMAT_HELP, OPTION_HELP, check_choices  # no torch
 from tdrm_cli.voting import AGGREGATIONS
 
 REWARDS = ("prm", "prm+rlvr")
@@ -21,7 +22,13 @@ REWARDS = ("prm", "prm+rlvr")
 class ServeConfig:
     """`tdrm serve`: options of the reward server (no run folder: it writes nothing)."""
 
-    prm: str | None = opt(None, "PRM: a train-prm run folder or a PRM model folder.", required=True)
+    prm: str | None = opt(
+        None,
+        "PRM: a train-prm run folder, a tdrm PRM folder or a public PRM's folder.",
+        required=True,
+    )
+    prm_format: str = opt("auto", ONE_FORMAT_HELP)
+    prm_option: list[str] = opt([], OPTION_HELP)
     task: str | None = opt(
         None, "Task whose answer check --reward prm+rlvr uses (default: the PRM's task)."
     )
@@ -63,6 +70,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self)
+        check_choices([str(self.prm)], [self.prm_format], self.prm_option)
         _check(self.reward in REWARDS, f"--reward {self.reward}: expected {listed(REWARDS)}")
         _check(0.0 <= self.prm_weight <= 1.0, f"--prm-weight {self.prm_weight}: must be in [0, 1]")
         _check(

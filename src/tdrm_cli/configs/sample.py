@@ -16,6 +16,7 @@ from tdrm_cli.config import (
     listed,
     opt,
 )
+from tdrm_cli.prm_formats import FORMAT_HELP, OPTION_HELP, check_choices  # no torch
 from tdrm_cli.search.methods import METHODS as SEARCH_METHODS  # the registry; no torch
 from tdrm_cli.voting import AGGREGATIONS, VOTES
 
@@ -69,8 +70,12 @@ class BonConfig(RunConfig):
         "Reuse the rollouts of a complete collect run instead of sampling (excludes --policy).",
     )
     prm: list[str] = opt(
-        [], "PRM: a train-prm run folder or PRM model folder; repeat for several PRMs."
+        [],
+        "PRM: a train-prm run folder, a tdrm PRM folder or a public PRM's folder (see "
+        "--prm-format); repeat for several PRMs.",
     )
+    prm_format: list[str] = opt([], FORMAT_HELP)
+    prm_option: list[str] = opt([], OPTION_HELP)
     task: str = opt("arith", TASK_HELP)
     split: str = opt("test", f"Which problems to sample: {listed(SPLITS)}.")
     problems: int = opt(200, "Number of problems.")
@@ -103,6 +108,7 @@ class BonConfig(RunConfig):
             "--policy and --samples exclude each other (the samples already name their policy)",
         )
         _check(len(self.prm) > 0, "--prm is required (repeat it to compare several PRMs)")
+        check_choices(self.prm, self.prm_format, self.prm_option)
         _one_of(self.split, SPLITS, "--split")
         _check(self.problems > 0, "--problems must be > 0")
         _check(self.n > 0, "--n must be > 0")
@@ -123,8 +129,12 @@ class SearchConfig(RunConfig):
         None, "Policy: a run folder (sft/rl), a local HF model folder, or a hub id."
     )
     prm: list[str] = opt(
-        [], "PRM: a train-prm run folder or PRM model folder; repeat for several PRMs."
+        [],
+        "PRM: a train-prm run folder, a tdrm PRM folder or a public PRM's folder (see "
+        "--prm-format); repeat for several PRMs.",
     )
+    prm_format: list[str] = opt([], FORMAT_HELP)
+    prm_option: list[str] = opt([], OPTION_HELP)
     method: list[str] = opt(
         ["beam"], f"Search method: {', '.join(SEARCH_METHODS)}, or all; repeat for several."
     )
@@ -151,6 +161,7 @@ class SearchConfig(RunConfig):
         super().__post_init__()
         _check(self.policy is not None, "--policy is required")
         _check(len(self.prm) > 0, "--prm is required (repeat it to compare several PRMs)")
+        check_choices(self.prm, self.prm_format, self.prm_option)
         for method in self.method:
             _check(
                 method in (*SEARCH_METHODS, "all"),
@@ -188,8 +199,12 @@ class EvalConfig(RunConfig):
         None, "Policy to evaluate: a run folder (sft/rl), a local HF model folder, or a hub id."
     )
     prm: list[str] = opt(
-        [], "PRM to evaluate on the policy's solutions: a train-prm run or PRM folder; repeatable."
+        [],
+        "PRM to evaluate on the policy's solutions: a train-prm run, a tdrm PRM folder or a "
+        "public PRM's folder (see --prm-format); repeatable.",
     )
+    prm_format: list[str] = opt([], FORMAT_HELP)
+    prm_option: list[str] = opt([], OPTION_HELP)
     task: str = opt("arith", TASK_HELP)
     split: str = opt("test", f"Which problems to evaluate on: {listed(SPLITS)}.")
     problems: int = opt(200, "Number of problems.")
@@ -228,6 +243,7 @@ class EvalConfig(RunConfig):
             self.policy is not None or (self.steps_file is not None and self.prm),
             "--policy is required (or --steps-file with at least one --prm)",
         )
+        check_choices(self.prm, self.prm_format, self.prm_option)
         _one_of(self.split, SPLITS, "--split")
         _check(self.problems > 0 and self.k > 0, "--problems and --k must be > 0")
         _check(0.0 < self.threshold < 1.0, f"--threshold {self.threshold}: must be in (0, 1)")

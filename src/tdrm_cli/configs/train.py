@@ -15,6 +15,7 @@ from tdrm_cli.config import (
     listed,
     opt,
 )
+from tdrm_cli.prm_formats import ONE_FORMAT_HELP, OPTION_HELP, check_choices  # no torch
 from tdrm_cli.step_rewards import (
     ONLINE_STEP_REWARDS,
     PRM_REWARD_HELP,
@@ -197,8 +198,12 @@ class RLConfig(TargetOptions, RunConfig):
         None, "Policy to train: a run folder (sft/rl), a local HF model folder, or a hub id."
     )
     prm: str | None = opt(
-        None, "PRM: a train-prm run folder or PRM model folder (needed by --reward prm, prm+rlvr)."
+        None,
+        "PRM: a train-prm run folder, a tdrm PRM folder or a public PRM's folder (needed by "
+        "--reward prm, prm+rlvr; --prm-update online needs tdrm's own).",
     )
+    prm_format: str = opt("auto", ONE_FORMAT_HELP)
+    prm_option: list[str] = opt([], OPTION_HELP)
     task: str = opt("arith", TASK_HELP)
     problems: int = opt(
         2500, "Training problems in the stream (one pass; the order is fixed by --seed)."
@@ -262,6 +267,7 @@ class RLConfig(TargetOptions, RunConfig):
             f"--reward {self.reward}: expected rlvr, prm or prm+rlvr",
         )
         _check(self.prm is not None or self.reward == "rlvr", f"--reward {self.reward} needs --prm")
+        check_choices([str(self.prm)], [self.prm_format], self.prm_option)
         _check(0.0 <= self.prm_weight <= 1.0, f"--prm-weight {self.prm_weight}: must be in [0, 1]")
         _check(
             self.agg is None or self.agg in AGGREGATIONS,

@@ -30,10 +30,24 @@ class Folder:
     special_tokens: frozenset[str] = frozenset()
     """Added and special tokens of the tokenizer (from tokenizer.json / tokenizer_config.json)."""
     files: frozenset[str] = frozenset()
+    readme: str = ""
+    """The start of the folder's model card (README.md), where a family names its recipe."""
 
     @property
     def architectures(self) -> list[str]:
         return list(self.config.get("architectures") or [])
+
+    @property
+    def causal_lm(self) -> bool:
+        return any(a.endswith("ForCausalLM") for a in self.architectures)
+
+    @property
+    def labels(self) -> int:
+        """Labels of a classification head (`num_labels`, else `id2label`'s size)."""
+        count = self.config.get("num_labels")
+        if isinstance(count, int) and not isinstance(count, bool):
+            return count
+        return len(self.config.get("id2label") or {0: 0, 1: 1})
 
 
 @dataclass(frozen=True)
@@ -64,20 +78,30 @@ class Counted:
     step_tokens: list[int]
 
 
+README_CHARS = 65536
+
+
 def read_folder(path: str | Path, where: str = "--prm") -> Folder:
-    """The folder's config, tensor names (safetensors headers) and tokenizer specials."""
+    """The folder's config, tensor names (safetensors headers), tokenizer specials and the
+    start of its model card."""
     import json
 
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
+    from tdrm_cli.errors import first_line
     from tdrm_cli.steps import read_json_object
 
     path = Path(path)
     config = read_json_object(path / "config.json", where)
     names: set[str] = set()
     for file in sorted(path.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            names.update(f.keys())
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                names.update(f.keys())
+        except (OSError, SafetensorError) as e:
+            raise UsageError(
+                f"{where} {path}: cannot read {file.name} ({type(e).__name__}: {first_line(e)})"
+            ) from None
     special: set[str] = set()
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         file = path / name
@@ -100,7 +124,80 @@ def read_folder(path: str | Path, where: str = "--prm") -> Folder:
                 if isinstance(text, str) and name != "tokenizer.json" and text.startswith("<"):
                     special.add(text)
     files = frozenset(p.name for p in path.iterdir())
-    return Folder(path, config, frozenset(names), frozenset(special), files)
+    readme = ""
+    if (path / "README.md").is_file():
+        try:
+            with open(path / "README.md", encoding="utf-8", errors="replace") as f:
+                readme = f.read(README_CHARS)
+        except OSError:
+            readme = ""
+    return Folder(path, config, frozenset(names), frozenset(special), files, readme)
+
+
+def one_pass(prefixes: Sequence[Sequence_]) -> list[Sequence_]:
+    """Per-step inputs (step k's: the whole input that scores steps 1..k alone, read at its
+    positions) merged into as few forward passes as their tokens allow: a step whose tokens
+    are a prefix of the next kept sequence's is read there, which causal attention makes
+    the same value. A recipe that scores every prefix separately then costs one pass
+    whenever its tokenization is prefix-stable, and stays exact when it is not."""
+    groups: list[Sequence_] = []
+    for seq in reversed(prefixes):
+        head = groups[-1] if groups else None
+        if head is not None and head.ids[: len(seq.ids)] == seq.ids:
+            head.positions[:0] = seq.positions
+        else:
+            groups.append(Sequence_(list(seq.ids), list(seq.positions)))
+    return groups[::-1]
+
+
+def load_model(
+    folder: Folder,
+    auto_class: Any,
+    dtype: Any,
+    device: str,
+    trust_remote_code: bool,
+    where: str = "--prm",
+    **kwargs: Any,
+):
+    """`auto_class.from_pretrained(folder)` in eval mode on `device`, safetensors when the
+    folder has them (pickle weights only pass here after the caller's `--allow-pickle`
+    check), load errors and non-finite weights as one line."""
+    from tdrm_cli.generation import from_pretrained
+    from tdrm_cli.prm import check_weights_finite
+
+    safetensors = any(name.endswith(".safetensors") for name in folder.files)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model, _ = from_pretrained(
+        auto_class, str(folder.path), f"{where} {folder.path}",
+        use_safetensors=True if safetensors else None,
+        trust_remote_code=trust_remote_code, **kwargs,
+    )  # fmt: skip
+    check_weights_finite(model, f"{where} {folder.path}")
+    return model.to(device).eval()
+
+
+def load_tokenizer(folder: Folder, trust_remote_code: bool, where: str = "--prm"):
+    """The folder's tokenizer (`generation.load_tokenizer`: a generic tokenizer.json stays
+    generic whatever the model type)."""
+    from tdrm_cli.generation import load_tokenizer as load_saved_tokenizer
+    from tdrm_cli.generation import model_load_errors
+
+    with model_load_errors(f"{where} {folder.path}"):
+        return load_saved_tokenizer(str(folder.path), trust_remote_code)
+
+
+def next_token_logits(model: Any, input_ids, attention_mask, rows, positions, token_ids):
+    """`[n, len(token_ids)]`: a causal LM's logits of `token_ids` at `(rows, positions)`,
+    with the LM head applied only there (a full `[batch, tokens, vocab]` logits tensor of
+    a 128k vocabulary would not fit)."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask)
+    picked = hidden.last_hidden_state[rows, positions]
+    head = model.get_output_embeddings()
+    weight = head.weight[token_ids]
+    bias = getattr(head, "bias", None)
+    logits = picked @ weight.T
+    return logits if bias is None else logits + bias[token_ids]
 
 
 def check_options(fmt: Format, options: dict[str, str], where: str) -> dict[str, str]:
@@ -164,6 +261,12 @@ class FormatPRM:
         `(rows[i], positions[i])`."""
         raise NotImplementedError
 
+    def values(self, input_ids: Any, attention_mask: Any, rows: Any, positions: Any):
+        """The forward pass and `read`; a format overrides it to run less than the whole
+        model output (e.g. `next_token_logits`)."""
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return self.read(output, rows, positions)
+
     # ---------------------------------------------------------- shared
 
     def encode(self, question: str, steps: Sequence[str]) -> Counted:
@@ -206,11 +309,12 @@ class FormatPRM:
             rows = torch.tensor([r for r, s in enumerate(seqs) for _ in s.positions])
             positions = torch.tensor([p for s in seqs for p in s.positions])
             with torch.inference_mode():
-                output = self.model(
-                    input_ids=input_ids.to(self.device),
-                    attention_mask=attention_mask.to(self.device),
+                read = self.values(
+                    input_ids.to(self.device),
+                    attention_mask.to(self.device),
+                    rows.to(self.device),
+                    positions.to(self.device),
                 )
-                read = self.read(output, rows.to(self.device), positions.to(self.device))
             read = read.float().cpu()
             if not bool(torch.isfinite(read).all()):
                 raise NonFinite("the PRM gave a non-finite (NaN) step value")

@@ -26,7 +26,7 @@ from tdrm_cli.configs.sample import BonConfig
 from tdrm_cli.console import TokenRate, console, fitted, log, progress
 from tdrm_cli.errors import UsageError
 from tdrm_cli.generation import Sampling, check_backend
-from tdrm_cli.prm import PRM, load_prm
+from tdrm_cli.prm import PRM
 from tdrm_cli.runs import (
     atomic_write_bytes,
     atomic_write_json,
@@ -61,9 +61,13 @@ def prm_labels(paths: list[str]) -> list[str]:
 
 
 def load_prms(cfg: BonConfig) -> list[PRM]:
-    return [
-        load_prm(path, "prm", None, cfg.trust_remote_code, cfg.allow_pickle) for path in cfg.prm
-    ]
+    """Every --prm, each in its format (`prm_formats`: tdrm's own or a public PRM's)."""
+    from tdrm_cli.prm_formats import load_scoring_prms
+
+    return load_scoring_prms(
+        cfg.prm, cfg.prm_format, cfg.prm_option, "prm", None, cfg.trust_remote_code,
+        cfg.allow_pickle,
+    )  # fmt: skip
 
 
 SAMPLE_COLUMNS = ("problem_id", "prompt", "gold", "sample_idx", "steps", "answer", "correct")

@@ -315,18 +315,17 @@ def likelihood_baseline(cfg: EvalConfig, model_path: str):
 
 
 def run(cfg: EvalConfig) -> Path:
-    from tdrm_cli.prm import load_prm
+    from tdrm_cli.prm_formats import load_scoring_prms
     from tdrm_cli.report import write_report
 
     model_path = check_inputs(cfg)
     file_rows = read_steps_file(cfg.steps_file) if cfg.steps_file else None
     names = prm_names(cfg.prm, baseline=bool(cfg.policy and cfg.policy_likelihood))
-    prms = {
-        names[p]: load_prm(
-            p, "prm", trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle
-        )
-        for p in cfg.prm
-    }
+    loaded = load_scoring_prms(
+        cfg.prm, cfg.prm_format, cfg.prm_option, "prm", None, cfg.trust_remote_code,
+        cfg.allow_pickle,
+    )  # fmt: skip
+    prms = {names[p]: prm for p, prm in zip(cfg.prm, loaded, strict=True)}
     with run_stage("eval", cfg) as run:
         for role, paths in (
             ("policy", [cfg.policy] if cfg.policy else []),

@@ -47,7 +47,7 @@ from tdrm_cli.checkpoints import (
 from tdrm_cli.configs.train import RLConfig
 from tdrm_cli.console import console, log
 from tdrm_cli.errors import UsageError, first_line
-from tdrm_cli.prm import PRM, load_prm
+from tdrm_cli.prm import PRM
 from tdrm_cli.rewards import PRM_REWARDS, OnlinePRMUpdate, VerifierReward
 from tdrm_cli.rl_callbacks import CURVE, ONLINE_PRM_STATE, AccuracyCurve, SaveCritic, resume_state
 from tdrm_cli.runs import (
@@ -168,10 +168,17 @@ def load_reward_prm(cfg: RLConfig) -> PRM | None:
     if cfg.reward == "rlvr" and cfg.prm_update == "off":
         log(f"--prm {cfg.prm}: unused by --reward rlvr without --prm-update online; ignored")
         return None
+    from tdrm_cli.prm_formats import load_scoring_prms, require_tdrm
+
+    if cfg.prm_update == "online":
+        require_tdrm(cfg.prm, cfg.prm_format, "--prm-update online trains tdrm's value head")
     # float32 when the PRM is trained online: bf16 AdamW steps on small values are too coarse
     dtype = torch.float32 if cfg.prm_update == "online" else None
-    prm = load_prm(cfg.prm, "prm", dtype, cfg.trust_remote_code, cfg.allow_pickle)
-    if torch.cuda.is_available():  # load_prm picks cuda:0; every rank wants its own GPU
+    (prm,) = load_scoring_prms(
+        [cfg.prm], [cfg.prm_format], cfg.prm_option, "prm", dtype, cfg.trust_remote_code,
+        cfg.allow_pickle,
+    )  # fmt: skip
+    if torch.cuda.is_available():  # the PRM loads on cuda:0; every rank wants its own GPU
         prm.model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))))
     return prm
 

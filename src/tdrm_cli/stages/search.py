@@ -27,7 +27,7 @@ from tdrm_cli import plots, voting
 from tdrm_cli.configs.sample import SearchConfig
 from tdrm_cli.console import TokenRate, console, fitted, log, progress
 from tdrm_cli.errors import UsageError, first_line
-from tdrm_cli.prm import load_prm
+from tdrm_cli.prm_formats import load_scoring_prms
 from tdrm_cli.runs import atomic_write_bytes, atomic_write_json, resolve_model, run_stage
 from tdrm_cli.search.methods import METHODS, SearchResult, derive_seed
 from tdrm_cli.search.policy import HFStepPolicy
@@ -230,12 +230,10 @@ def run(cfg: SearchConfig) -> Path:
     task = load_task(cfg.task)
     model_path, _ = resolve_model(cfg.policy, "policy")
     labels = prm_labels(cfg.prm)
-    prms = [
-        load_prm(
-            path, "prm", trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle
-        )
-        for path in cfg.prm
-    ]
+    prms = load_scoring_prms(
+        cfg.prm, cfg.prm_format, cfg.prm_option, "prm", None, cfg.trust_remote_code,
+        cfg.allow_pickle,
+    )  # fmt: skip
     problems = task.problems(cfg.split, cfg.problems)
     with run_stage("search", cfg) as run:
         run.add_input("policy", cfg.policy)
