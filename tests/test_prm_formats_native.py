@@ -350,3 +350,25 @@ def test_pickle_only_weights_are_refused(folders, tmp_path):
 def test_a_step_holding_the_qwen_step_token_is_refused(folders):
     prm = load(folders, "qwen-prm")
     one_line_usage_error(lambda: prm.score(["1+1"], [["a <extra_0> b"]]), "<extra_0>")
+
+
+def test_sharded_safetensors_load_alike(folders, tmp_path):
+    """Qwen2.5-Math-PRM ships 4 shards and an index; the head sits in the last one."""
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "qwen-prm-sharded"
+    shutil.copytree(folders["qwen-prm"], copy)
+    state = load_file(str(copy / "model.safetensors"))
+    (copy / "model.safetensors").unlink()
+    names = sorted(state, key=lambda n: n.startswith("score."))
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2 :]}  # fmt: skip
+    for file, part in shards.items():
+        save_file({n: state[n] for n in part}, str(copy / file), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {n: f for f, part in shards.items() for n in part}}
+    (copy / "model.safetensors.index.json").write_text(json.dumps(index))
+    questions, steps = solutions()
+    assert qwen_prm.FORMAT.detect(read_folder(copy))
+    want = load(folders, "qwen-prm").score(questions, steps)
+    got = load(folders, "qwen-prm", folder=copy).score(questions, steps)
+    assert got == want
