@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tdrm_cli.errors import UsageError
-from tdrm_cli.prm_formats import math_shepherd, rlhflow, tdrm, trl
+from tdrm_cli.prm_formats import math_shepherd, qwen_prm, rlhflow, skywork, tdrm, tdrm_paper, trl
 from tdrm_cli.prm_formats.base import Folder, Format, check_options, read_folder
 
 FORMATS: dict[str, Format] = {
@@ -23,6 +23,9 @@ FORMATS: dict[str, Format] = {
     for f in (
         tdrm.FORMAT,
         trl.FORMAT,
+        skywork.FORMAT,  # head weights v_head.summary.*
+        qwen_prm.FORMAT,  # head weights score.0.* / score.2.*
+        tdrm_paper.FORMAT,  # a one-label *ForSequenceClassification
         rlhflow.FORMAT,  # before math-shepherd: its model card cites the Math-Shepherd paper
         math_shepherd.FORMAT,
     )
