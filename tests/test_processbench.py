@@ -173,3 +173,24 @@ def test_eval_steps_file_reports_the_official_table(tiny_prm, tmp_path):
     assert "official protocol" in result.stderr and "average F1" in result.stderr
     manifest = read_manifest(out)["metrics"]
     assert manifest["steps_file:a/prm/processbench_average_f1"] == round(expected["average_f1"], 4)
+
+
+def test_the_released_json_list_reads_like_jsonl(tmp_path):
+    """The release ships `gsm8k.json` etc. as JSON lists: read alike, errors on their line."""
+    items = [
+        {"id": "gsm8k-0", "problem": "1+1", "steps": ["1+1=2"], "label": -1,
+         "final_answer_correct": True},
+        {"id": "gsm8k-1", "problem": "2+2", "steps": ["2+2=5", "so 5"], "label": 0,
+         "final_answer_correct": False},
+    ]  # fmt: skip
+    listed = tmp_path / "gsm8k.json"
+    listed.write_text(json.dumps(items, indent=2))
+    lines = tmp_path / "gsm8k.jsonl"
+    write_jsonl(lines, items)
+    assert read_steps_file(str(listed)) == read_steps_file(str(lines))
+    bad = [items[0], {**items[1], "label": "0"}]
+    listed.write_text(json.dumps(bad, indent=2))
+    starts = [i for i, line in enumerate(json.dumps(bad, indent=2).splitlines()) if line == "  {"]
+    where = 1 + starts[1]  # the line the second item starts on
+    with pytest.raises(UsageError, match=rf"gsm8k.json line {where}: field 'label' must be int"):
+        read_steps_file(str(listed))

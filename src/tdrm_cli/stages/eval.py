@@ -21,7 +21,7 @@ from typing import Any
 from tdrm_cli import metrics as M
 from tdrm_cli.configs.sample import EvalConfig
 from tdrm_cli.console import TokenRate, log, progress
-from tdrm_cli.errors import JSON_ERRORS, UsageError, check_text, json_reason
+from tdrm_cli.errors import UsageError, check_text
 from tdrm_cli.prm import LIKELIHOOD_BASELINE
 from tdrm_cli.runs import atomic_write_json, require_complete, resolve_model, run_stage
 from tdrm_cli.tasks import load_task
@@ -176,38 +176,33 @@ def row_subset(item: dict[str, Any], where: str, default: str) -> str:
 
 
 def read_steps_file(path: str) -> list[dict[str, Any]]:
-    """ProcessBench-format JSONL: `problem`, `steps`, `label` (first wrong step, -1 if none),
-    and the subset each row belongs to (`row_subset`)."""
+    """ProcessBench-format rows: `problem`, `steps`, `label` (first wrong step, -1 if none),
+    and the subset each row belongs to (`row_subset`). JSONL, or a JSON list (the released
+    `gsm8k.json`, ...) or Parquet, read by `public_data.records`."""
+    from tdrm_cli.public_data.records import BadRow, records
+
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"--steps-file {path}: no such file")
     rows = []
-    for line_no, line in enumerate(p.read_bytes().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise UsageError(f"{path} line {line_no}: not valid UTF-8") from None
-        except JSON_ERRORS as e:
-            raise UsageError(f"{path} line {line_no}: not valid JSON{json_reason(e)}") from None
+    for place, item in records(p):
+        if isinstance(item, BadRow):
+            raise UsageError(f"{path} {place}: {item}")
         if not isinstance(item, dict):
-            raise UsageError(f"{path} line {line_no}: expected a JSON object")
+            raise UsageError(f"{path} {place}: expected a JSON object")
         for field, kind in (("problem", str), ("steps", list), ("label", int)):
             if field not in item:
-                raise UsageError(f"{path} line {line_no}: missing field '{field}'")
+                raise UsageError(f"{path} {place}: missing field '{field}'")
             if not isinstance(item[field], kind) or isinstance(item[field], bool):
-                raise UsageError(f"{path} line {line_no}: field '{field}' must be {kind.__name__}")
+                raise UsageError(f"{path} {place}: field '{field}' must be {kind.__name__}")
         steps, label = item["steps"], item["label"]
         if not steps or not all(isinstance(s, str) for s in steps):
-            raise UsageError(
-                f"{path} line {line_no}: field 'steps' must be a non-empty list of strings"
-            )
+            raise UsageError(f"{path} {place}: field 'steps' must be a non-empty list of strings")
         for field, text in (("problem", item["problem"]), *(("steps", s) for s in steps)):
-            check_text(text, f"{path} line {line_no}: field '{field}'")
+            check_text(text, f"{path} {place}: field '{field}'")
         if not -1 <= label < len(steps):
             raise UsageError(
-                f"{path} line {line_no}: field 'label' {label} is outside -1..{len(steps) - 1}"
+                f"{path} {place}: field 'label' {label} is outside -1..{len(steps) - 1}"
             )
         # Steps after the first error have no label in ProcessBench: leave them out of the AUROC.
         truth = [1] * len(steps) if label < 0 else [1] * label + [0]
@@ -217,7 +212,7 @@ def read_steps_file(path: str) -> list[dict[str, Any]]:
                 "prompt": item["problem"],
                 "steps": steps,
                 "truth_full": truth,
-                "subset": row_subset(item, f"{path} line {line_no}", p.stem),
+                "subset": row_subset(item, f"{path} {place}", p.stem),
             }
         )
     if not rows:
