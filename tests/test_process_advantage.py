@@ -156,6 +156,25 @@ def test_tokens_map_to_the_step_they_end_in():
     assert tokens.tolist() == [[1.0] * 3 + [2.0] * 3 + [3.0] * 3 + [0.0, 0.0]]
 
 
+class LeadingSpaceTokenizer(PiecesTokenizer):
+    """SentencePiece-like: a decode drops the leading space of its text, so tokens decoded
+    one at a time do not join into the whole decode (the prefix decodes are used)."""
+
+    PIECES = [" answer", " is", " 6", "\n\n", " done", ""]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return super().decode(ids).removeprefix(" ")
+
+
+def test_token_ends_where_single_tokens_do_not_decode_alone():
+    tokenizer = LeadingSpaceTokenizer()
+    text = tokenizer.decode(range(6))
+    assert text == "answer is 6\n\n done"
+    ends = pa.token_char_ends(tokenizer, list(range(6)))
+    assert ends == [6, 9, 11, 13, 18, 18]
+    assert pa.token_steps(ends, pa.step_spans(text, SEP)) == [0, 0, 0, 0, 1, 1]
+
+
 def test_token_mapping_with_the_character_tokenizer():
     from tdrm_cli.stages.sft import build_char_tokenizer
 

@@ -27,6 +27,7 @@ step.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,16 +57,22 @@ def step_spans(text: str, separator: str) -> list[tuple[int, int]]:
 
 
 def token_char_ends(tokenizer: Any, ids: Sequence[int], text: str | None = None) -> list[int]:
-    """Where each token's text ends in the decoded completion (incremental decode).
+    """Where each token's text ends in the decoded completion.
 
-    The decode of the first k tokens is a prefix of the whole decode for the tokenizers
-    GRPO meets; the running maximum, capped at the text's length, keeps the ends ordered
-    where it is not (a multi-byte character split over tokens).
+    Fast path: every token decoded alone (one batch in the Rust tokenizer when there is
+    one), used when the pieces join into the completion's text (character and byte-level
+    BPE tokenizers on whole characters). Otherwise (a character split over tokens, a
+    SentencePiece leading space) every prefix is decoded: the end of token k is the length
+    of the first k+1 tokens' text, a running maximum capped at the text's length.
     """
+    ids = list(ids)
     text = tokenizer.decode(ids, skip_special_tokens=True) if text is None else text
-    prefixes = tokenizer.batch_decode(
-        [ids[: k + 1] for k in range(len(ids))], skip_special_tokens=True
-    )
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decode = backend.decode_batch if backend is not None else tokenizer.batch_decode
+    pieces = decode([[i] for i in ids], skip_special_tokens=True)
+    if "".join(pieces) == text:
+        return list(itertools.accumulate(len(piece) for piece in pieces))
+    prefixes = decode([ids[: k + 1] for k in range(len(ids))], skip_special_tokens=True)
     ends, top = [], 0
     for prefix in prefixes:
         top = min(max(top, len(prefix)), len(text))
