@@ -29,6 +29,7 @@ SKIP = {"common.py", Path(__file__).name}
 QUICK = {
     "collect_throughput": ["--problems", "16", "--repeats", "3"],
     "rl_reward_overhead": ["--steps", "3", "--repeats", "1"],
+    "grpo_advantage": ["--steps", "3", "--repeats", "1"],
     "search_cost": ["--problems", "2", "--repeats", "1"],
     "demo_generation": ["--problems", "32", "--repeats", "1"],
     "serve_load": ["--rounds", "3", "--default-rounds", "1"],

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import invoke
-from tdrm_cli.steps import build_prompt
+from tdrm_cli.steps import build_prompt, split_steps
 from tdrm_cli.tasks.arith import ArithTask
 from tdrm_cli.voting import aggregate
 
@@ -282,6 +282,31 @@ def test_score_matches_prm_score(servers, prm):
     assert info["version"] and info["model"] == str(Path(info["model"]))
 
 
+def test_step_rewards_offsets_cut_the_response_into_its_steps(servers, prm):
+    port, _ = servers
+    questions, _, completions, _ = rollouts(prm)
+    responses = [*completions, "  1+2=3\n\n\n\n 3*2=6 \n\nanswer 6\n\n"]  # stray whitespace
+    status, out = call(
+        port,
+        "POST",
+        "/step_rewards",
+        {"problem": [*questions, questions[0]], "responses": responses},
+    )
+    assert status == 200, out
+    assert out["separator"] == prm.separator and len(out["offsets"]) == len(responses)
+    for response, offsets, values, question in zip(
+        responses, out["offsets"], out["step_values"], [*questions, questions[0]], strict=True
+    ):
+        steps = [response[start:end] for start, end in offsets]
+        assert steps == split_steps(response, prm.separator)
+        assert all(a < b <= c for (a, b), (c, _) in zip(offsets, offsets[1:], strict=False))
+        if response == response.strip():  # a clean response is its steps joined
+            assert prm.separator.join(steps) == response
+        assert close(values, prm.score([question], [steps])[0] if steps else [])
+    assert out["offsets"][-1] == [[2, 7], [12, 17], [20, 28]]
+    assert out["offsets"][3] == [] and out["step_values"][3] == []  # the empty response
+
+
 # ---------------------------------------------------------------- bad input, concurrency
 
 
@@ -302,6 +327,10 @@ def test_score_matches_prm_score(servers, prm):
         ("/score", b'{"problem": 1, "steps": []}', 422, "'problem' must be"),
         ("/score", b'{"problem": ["q"], "steps": [[], []]}', 422, "'problem' has 1"),
         ("/score", b'{"problem": "q", "steps": [["a"]], "agg": "max"}', 422, "'agg'"),
+        ("/step_rewards", b'{"problem": "q"}', 422, "'responses' is required"),
+        ("/step_rewards", b'{"problem": "q", "responses": [["a"]]}', 422, "'responses[0]' must be"),
+        ("/step_rewards", b'{"problem": ["q"], "responses": []}', 422, "'problem' has 1"),
+        ("/step_rewards", b'{"responses": ["a"]}', 422, "'problem' must be"),
     ],
 )  # fmt: skip
 def test_bad_requests_get_one_line_4xx(servers, path, raw, status, needle):

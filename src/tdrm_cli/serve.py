@@ -3,6 +3,8 @@
     POST /get_reward   OpenRLHF's remote reward protocol: {"query", "prompts", "labels"}
                        -> {"rewards", "scores", "extra_logs"}, one entry per query
     POST /score        {"problem": str | [str], "steps": [[str]]} -> step values + scores
+    POST /step_rewards {"problem": str | [str], "responses": [str]} -> step values + each
+                       step's [start, end) character offsets in its response
     GET  /health       liveness, queue depth, counters
     GET  /info         model, aggregation, separator, reward mix, limits, version
 
@@ -81,6 +83,10 @@ def create_app(
     @app.post("/score")
     async def score(request: Request) -> Response:
         return answer(await endpoints.score(await body(request)))
+
+    @app.post("/step_rewards")
+    async def step_rewards(request: Request) -> Response:
+        return answer(await endpoints.step_rewards(await body(request)))
 
     @app.post("/get_reward")
     async def get_reward(request: Request) -> Response:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tdrm_cli import __version__
 from tdrm_cli.errors import UsageError, check_text
+from tdrm_cli.process_advantage import step_spans
 from tdrm_cli.serve_batcher import MicroBatcher
 from tdrm_cli.serve_http import http_error
 from tdrm_cli.steps import build_prompt, split_steps
@@ -184,23 +185,31 @@ def parse_score_request(body: Any) -> tuple[list[str], list[list[str]], str | No
             if not isinstance(step, str):
                 raise http_error(422, f"'steps[{i}][{j}]' must be a string, got {_kind(step)}")
             _text(step, f"steps[{i}][{j}]")
-    problem = body.get("problem")
-    if isinstance(problem, str):
-        problems = [_text(problem, "problem")] * len(steps)
-    elif isinstance(problem, list):
-        problems = _strings(body, "problem")
-        if len(problems) != len(steps):
-            raise http_error(
-                422, f"'problem' has {len(problems)} entries but 'steps' has {len(steps)}"
-            )
-    else:
-        raise http_error(
-            422, f"'problem' must be a string or a list of strings, got {_kind(problem)}"
-        )
+    problems = _problems(body, len(steps), "steps")
     agg = body.get("agg")
     if agg is not None and not isinstance(agg, str):
         raise http_error(422, f"'agg' must be a string, got {_kind(agg)}")
     return problems, steps, agg
+
+
+def _problems(body: dict[str, Any], n: int, key: str) -> list[str]:
+    """'problem' as one string for all `n` solutions, or a list of `n` strings."""
+    problem = body.get("problem")
+    if isinstance(problem, str):
+        return [_text(problem, "problem")] * n
+    if isinstance(problem, list):
+        problems = _strings(body, "problem")
+        if len(problems) != n:
+            raise http_error(422, f"'problem' has {len(problems)} entries but '{key}' has {n}")
+        return problems
+    raise http_error(422, f"'problem' must be a string or a list of strings, got {_kind(problem)}")
+
+
+def parse_step_rewards_request(body: Any) -> tuple[list[str], list[str]]:
+    """(problems, responses) of a `/step_rewards` body, or a 422."""
+    body = _object(body)
+    responses = _strings(body, "responses")
+    return _problems(body, len(responses), "responses"), responses
 
 
 def parse_reward_request(body: Any) -> tuple[list[str], list[str] | None, list[str | None] | None]:
@@ -219,7 +228,7 @@ def parse_reward_request(body: Any) -> tuple[list[str], list[str] | None, list[s
 
 
 class Endpoints:
-    """The answers of /score, /get_reward, /health and /info for one PRM, HTTP aside.
+    """The answers of /score, /step_rewards, /get_reward, /health and /info for one PRM, HTTP aside.
 
     `task` (a `tdrm_cli.tasks.Task`) is needed for `--reward prm+rlvr`: its checker gives
     the verifier term from the `labels` OpenRLHF sends. `batcher` is set by the app once
@@ -299,6 +308,16 @@ class Endpoints:
         values = await self.step_values(problems, solutions)
         scores = [aggregate(v, use) for v in values]
         return {"step_values": values, "scores": scores, "agg": use}
+
+    async def step_rewards(self, body: Any) -> dict[str, Any]:
+        """Step values of whole responses, with each step's [start, end) in its response (in
+        characters, Python string indices): for token-level rewards (verl, OpenRLHF)."""
+        problems, responses = parse_step_rewards_request(body)
+        spans = [step_spans(response, self.prm.separator) for response in responses]
+        solutions = [[r[a:b] for a, b in s] for r, s in zip(responses, spans, strict=True)]
+        values = await self.step_values(problems, solutions)
+        offsets = [[[a, b] for a, b in s] for s in spans]
+        return {"step_values": values, "offsets": offsets, "separator": self.prm.separator}
 
     async def get_reward(self, body: Any) -> dict[str, Any]:
         queries, prompts, labels = parse_reward_request(body)

@@ -16,6 +16,7 @@ from tdrm_cli.config import (
     opt,
 )
 from tdrm_cli.prm_formats import ONE_FORMAT_HELP, OPTION_HELP, check_choices  # no torch
+from tdrm_cli.process_advantage import ADVANTAGES
 from tdrm_cli.step_rewards import (
     ONLINE_STEP_REWARDS,
     PRM_REWARD_HELP,
@@ -236,6 +237,13 @@ class RLConfig(TargetOptions, RunConfig):
     scale_rewards: str = opt(
         "group", "Advantage scaling: group, batch or none (GRPO's scale_rewards)."
     )
+    advantage: str = opt(
+        "outcome",
+        "Advantage: outcome (one per completion, TRL's GRPO), process (PRM step values on "
+        "each step's tokens, group-normalised; the verdict is the last step's reward) or td "
+        "(the PRM as critic: each step's TD error, discounted by --gamma); process and td "
+        "need --prm.",
+    )
     use_vllm: bool = opt(False, "Generate with vLLM (GPU only; passed to TRL's use_vllm).")
     grpo: list[str] = opt([], "Any other GRPOConfig setting as key=value, e.g. loss_type=dr_grpo.")
     loss: str = opt("td", f"Target of --prm-update online: {loss_help(ONLINE_LOSSES)}.")
@@ -295,6 +303,11 @@ class RLConfig(TargetOptions, RunConfig):
         _check(
             self.scale_rewards in ("group", "batch", "none"),
             f"--scale-rewards {self.scale_rewards}: expected group, batch or none",
+        )
+        _one_of(self.advantage, ADVANTAGES, "--advantage")
+        _check(
+            self.advantage == "outcome" or self.prm is not None,
+            f"--advantage {self.advantage} needs --prm",
         )
         _check(all("=" in item for item in self.grpo), "--grpo takes key=value")
         _check(

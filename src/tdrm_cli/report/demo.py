@@ -64,7 +64,9 @@ def seed_numbers(root: Path) -> dict[str, float]:
     search = json.loads((root / "search" / "results.json").read_text(encoding="utf-8"))
     for row in search["rows"]:
         out[f"{row['method']} search {row['prm']}"] = row["accuracy"]
-    for name in ("rl-rlvr", "rl-td", "rl-mc"):
+    for name in ("rl-rlvr", "rl-td", "rl-mc", "rl-td-process", "rl-mc-process"):
+        if name.endswith("-process") and not (root / name).is_dir():
+            continue  # a demo root from before the process-advantage runs
         points = json.loads((root / name / "eval_curve.json").read_text(encoding="utf-8"))["points"]
         out[f"{name} final accuracy"] = points[-1]["accuracy"]
     return out

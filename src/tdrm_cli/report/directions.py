@@ -76,15 +76,16 @@ def rl_directions(run_dirs: list[str]) -> list[list]:
             metrics.get("reward"),
             points[-1]["accuracy"],
             metrics.get("eval_problems") or 0,
+            metrics.get("advantage", "outcome"),
         )
-    base = next((v for v in finals.values() if v[0] == "rlvr"), None)
+    base = next((v for v in finals.values() if v[0] == "rlvr" and v[3] == "outcome"), None)
     return [
         _row(
-            f"{name} (PRM+RLVR) ends above RLVR",
+            f"{name} (PRM+RLVR{'' if adv == 'outcome' else f', {adv} advantage'}) ends above RLVR",
             *_unpaired(acc, base[1], n, base[2]),
             "normal approx.",
         )
-        for name, (reward, acc, n) in finals.items()
+        for name, (reward, acc, n, adv) in finals.items()
         if base is not None and reward == "prm+rlvr" and n
     ]
 

@@ -291,6 +291,9 @@ def rl_section(run_dirs: list[str], out: Path) -> str:
         manifest_metrics = read_json(run_dir, "manifest.json").get("metrics", {})
         points = read_json(run_dir, "eval_curve.json")["points"]
         label = f"{Path(run_dir).name} ({manifest_metrics.get('reward', '?')})"
+        advantage = manifest_metrics.get("advantage", "outcome")
+        if advantage != "outcome":  # runs differing only in --advantage stay apart
+            label = f"{label[:-1]}, {advantage} advantage)"
         curves[label] = points
         rows.append(
             [

@@ -8,6 +8,9 @@ from the library) -> save (`model/`, `metrics.json`, `eval_curve.json` + PNG).
   aggregated step score (the verifier is still computed, with weight 0, so its mean is
   logged), `prm+rlvr` on both with GRPO `reward_weights` [w, 1-w] (`--prm-weight w`).
   `--prm-reward` reads the PRM's score: `agg` (every step, `--agg`) or `tdrm-reference`.
+- `--advantage` (`process_advantage.py`, `process_grpo.py`): `outcome` is TRL's GRPO; `process`
+  and `td` put the PRM's step values on each step's tokens (the verdict as the last step's
+  reward); the `--reward` mix is then only what `reward` logs.
 - Problem stream: the task's first `--problems` train problems, shuffled once by `--seed`
   and fed in that order (TRL's own shuffle is off). Runs with different rewards therefore
   see the same problems in the same order, and step s has seen s x `--batch-size` problems.
@@ -165,7 +168,7 @@ def load_reward_prm(cfg: RLConfig) -> PRM | None:
 
     if cfg.prm is None:
         return None
-    if cfg.reward == "rlvr" and cfg.prm_update == "off":
+    if cfg.reward == "rlvr" and cfg.prm_update == "off" and cfg.advantage == "outcome":
         log(f"--prm {cfg.prm}: unused by --reward rlvr without --prm-update online; ignored")
         return None
     from tdrm_cli.prm_formats import load_scoring_prms, require_tdrm
@@ -301,8 +304,8 @@ verifier's mean reward, logged for every --reward) and KL to the reference polic
 
 def run(cfg: RLConfig) -> Path:
     from transformers import set_seed
-    from trl import GRPOTrainer
 
+    from tdrm_cli.process_grpo import trainer_factory
     from tdrm_cli.trainer_bar import training_bar
 
     task = load_task(cfg.task)
@@ -328,7 +331,10 @@ def run(cfg: RLConfig) -> Path:
         model = load_policy_model(cfg, policy_dir)
         report_to, callbacks, writer = reporting(cfg, run)
         learner = online_learner(cfg, prm, writer)
-        funcs, weights = reward_functions(cfg, task, separator, prm, learner and learner.observe)
+        make_trainer, reward_prm = trainer_factory(cfg.advantage, prm, cfg.gamma)
+        funcs, weights = reward_functions(
+            cfg, task, separator, reward_prm, learner and learner.observe
+        )
         args = grpo_config(cfg, run, weights, report_to, extra)
         required = (ONLINE_PRM_STATE,) if learner is not None else ()
         checkpoint = last_checkpoint(run.path / "checkpoints", required) if cfg.resume else None
@@ -341,10 +347,10 @@ def run(cfg: RLConfig) -> Path:
         ]
         mix = ", ".join(f"{f.__name__} {w:g}" for f, w in zip(funcs, weights, strict=True))
         log(
-            f"rl: reward {mix}; {len(dataset)} problems x {cfg.num_generations} completions, "
+            f"rl: reward {mix}, {cfg.advantage} advantage; {len(dataset)} problems x {cfg.num_generations} completions, "
             f"{problems_per_step(args):g} problems/step, {world_size()} process(es)"
         )
-        trainer = GRPOTrainer(
+        trainer = make_trainer(
             model=model,
             reward_funcs=funcs,
             args=args,
@@ -397,6 +403,7 @@ def finish(cfg: RLConfig, run: Run, trainer, result, curve: AccuracyCurve | None
     """Updated PRM, accuracy curve PNG, metrics.json; marks the run complete."""
     metrics: dict[str, Any] = {
         "reward": cfg.reward,
+        "advantage": cfg.advantage,
         "train_steps": int(result.global_step),
         "steps_run": steps_run(trainer),
         "problems_seen": round(result.global_step * problems_per_step(trainer.args)),
@@ -415,6 +422,7 @@ def finish(cfg: RLConfig, run: Run, trainer, result, curve: AccuracyCurve | None
         metrics["prm_updates"] = learner.history
     if curve is not None and curve.points:
         label = cfg.reward if cfg.reward == "rlvr" else f"{cfg.reward} ({Path(cfg.prm).name})"
+        label += "" if cfg.advantage == "outcome" else f", {cfg.advantage} advantage"
         plots.rl_accuracy_vs_problems(
             {label: curve.points}, run.path / CURVE_PNG, f"tdrm rl on {cfg.task}: held-out accuracy"
         )
