@@ -181,7 +181,7 @@ for _name, _stage in STAGES.items():
 config_command(
     "serve",
     ServeConfig,
-    "Serve a PRM over HTTP: OpenRLHF /get_reward, /score, /health, /info (see README).",
+    "Serve a PRM over HTTP: OpenRLHF /get_reward, /score, /step_rewards, /health, /info.",
 )(serve_prm)
 config_command(
     "pipeline",
