@@ -50,17 +50,18 @@ def test_bon_with_two_public_formats(public, tiny_collect, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
 
 
-def test_search_with_a_public_prm(public, tiny_policy, tmp_path):
+@pytest.mark.parametrize("name", ["trl", "shepherd"])
+def test_search_with_a_public_prm(public, tiny_policy, tmp_path, name):
     out = tmp_path / "search"
     result = invoke(
-        "search", "--policy", tiny_policy, "--prm", public["shepherd"], "--problems", "2",
+        "search", "--policy", tiny_policy, "--prm", public[name], "--problems", "2",
         "--beam-width", "2", "--expand", "2", "--max-depth", "4", "--max-step-tokens", "12",
         "--out", out,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out / "scores.parquet")
-    assert set(frame["prm"]) == {"shepherd"}
-    assert_scores(scorer(public["shepherd"]), frame["prompt"], frame["steps"], frame["step_scores"])
+    assert set(frame["prm"]) == {public[name].name}
+    assert_scores(scorer(public[name]), frame["prompt"], frame["steps"], frame["step_scores"])
 
 
 def test_eval_steps_file_with_forced_formats(public, tmp_path):
