@@ -182,6 +182,10 @@ def test_the_demo_recipe_runs_end_to_end_on_a_tiny_budget(tmp_path):
     assert numbers["policy greedy pass@1"] == metrics["policy"]["pass@1"]
     assert "Best-of-4 majority" in numbers and "rl-td final accuracy" in numbers
     assert {"rl-td-process final accuracy", "rl-mc-process final accuracy"} <= set(numbers)
+    assert numbers["rl-td-critic minus rl-td"] == (
+        numbers["rl-td-critic final accuracy"] - numbers["rl-td final accuracy"]
+    )
+    assert read_manifest(root / "rl-td-critic")["metrics"]["advantage"] == "td"
     assert "rl-td-process (prm+rlvr, process advantage)" in report
     assert read_manifest(root / "rl-td-process")["metrics"]["advantage"] == "process"
     assert "policy-likelihood step AUROC" in numbers

@@ -40,6 +40,10 @@ def update_readme(report: Path, readme: Path) -> None:
     )
 
 
+DENSE_RL = {"rl-td-process": "rl-td", "rl-mc-process": "rl-mc", "rl-td-critic": "rl-td"}
+"""The demo's dense-advantage RL runs and the outcome-advantage run each is paired with."""
+
+
 def seed_numbers(root: Path) -> dict[str, float]:
     """The demo's headline numbers from one root (a `tdrm pipeline recipes/demo.yaml` run)."""
     root = Path(root)
@@ -64,11 +68,17 @@ def seed_numbers(root: Path) -> dict[str, float]:
     search = json.loads((root / "search" / "results.json").read_text(encoding="utf-8"))
     for row in search["rows"]:
         out[f"{row['method']} search {row['prm']}"] = row["accuracy"]
-    for name in ("rl-rlvr", "rl-td", "rl-mc", "rl-td-process", "rl-mc-process"):
-        if name.endswith("-process") and not (root / name).is_dir():
-            continue  # a demo root from before the process-advantage runs
+    for name in ("rl-rlvr", "rl-td", "rl-mc", *DENSE_RL):
+        if name in DENSE_RL and not (root / name).is_dir():
+            continue  # a demo root from before the dense-advantage runs
         points = json.loads((root / name / "eval_curve.json").read_text(encoding="utf-8"))["points"]
         out[f"{name} final accuracy"] = points[-1]["accuracy"]
+        out[f"{name} gain"] = points[-1]["accuracy"] - points[0]["accuracy"]
+    for name, outcome in DENSE_RL.items():  # same policy, stream and seed: a paired difference
+        if f"{name} final accuracy" in out:
+            out[f"{name} minus {outcome}"] = (
+                out[f"{name} final accuracy"] - out[f"{outcome} final accuracy"]
+            )
     return out
 
 
