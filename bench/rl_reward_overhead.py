@@ -77,27 +77,8 @@ class TimedPRMReward(rewards.PRMReward):
         return out
 
 
-def step_times(
-    reward: str, policy: str, prm: str, workdir: Path, repeat: int, args
-) -> tuple[list, list]:
-    """(TRL step times, mean completion lengths) of every step after the first of one short run."""
-    cfg = RLConfig(
-        policy=policy,
-        prm=prm if reward != "rlvr" else None,
-        reward=reward,
-        task=args.task,
-        problems=args.batch_size * args.steps,
-        batch_size=args.batch_size,
-        num_generations=args.num_generations,
-        max_steps=args.steps,
-        max_completion_length=args.max_completion_length,
-        learning_rate=args.learning_rate,
-        eval_problems=0,
-        report_to="none",
-        save_steps=10_000,
-        seed=0,
-        out=str(workdir / f"{reward}-{repeat}"),
-    )
+def run_steps(cfg: RLConfig) -> tuple[list[float], list[float]]:
+    """(TRL step times, mean completion lengths) of every step after the first of one run."""
     with contextlib.redirect_stdout(sys.stderr):
         out = rl.run(cfg)
     history = [
@@ -108,8 +89,18 @@ def step_times(
     ]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def rl_config(policy: str, prm: str | None, out: Path, args, **settings) -> RLConfig:
+    """The stage's config for one timed run: same stream, seed and batch shape for every side."""
+    return RLConfig(
+        policy=policy, prm=prm, task=args.task, problems=args.batch_size * args.steps,
+        batch_size=args.batch_size, num_generations=args.num_generations, max_steps=args.steps,
+        max_completion_length=args.max_completion_length, learning_rate=args.learning_rate,
+        eval_problems=0, report_to="none", save_steps=10_000, seed=0, out=str(out), **settings,
+    )  # fmt: skip
+
+
+def arguments(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--policy", help="Policy run folder or HF model folder (default: train a quick one)."
     )
@@ -123,9 +114,13 @@ def main() -> int:
     parser.add_argument("--max-completion-length", type=int, default=96)
     parser.add_argument("--learning-rate", type=float, default=1e-7)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    rl.PRMReward = TimedPRMReward  # the stage builds its PRM reward through this name
-    sides = ("rlvr", "prm+rlvr")
+    return parser.parse_args()
+
+
+def alternate(sides: dict, args) -> tuple[dict, dict, str, str]:
+    """Run every side (`name -> settings(policy, prm, out) -> RLConfig`) `--repeats` times,
+    alternating; each step keeps its fastest repeat. -> (best step times per side, mean
+    completion lengths per side, policy, prm)."""
     times: dict[str, list[list[float]]] = {side: [] for side in sides}
     lengths: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="tdrm-bench-") as tmp:
@@ -133,22 +128,40 @@ def main() -> int:
         policy = args.policy or quick_policy(workdir)
         prm = args.prm or prm_on_policy(policy, workdir / "prm")
         for repeat in range(args.repeats):
-            for side in sides:
-                steps, lengths[side] = step_times(side, policy, prm, workdir, repeat, args)
+            for side, config in sides.items():
+                cfg = config(policy, prm, workdir / f"{side}-{repeat}")
+                steps, lengths[side] = run_steps(cfg)
                 times[side].append(steps)
     best = {side: [min(step) for step in zip(*times[side], strict=True)] for side in sides}
-    base, with_prm = sum(best["rlvr"]), sum(best["prm+rlvr"])
-    prm_call = statistics.median(TimedPRMReward.seconds)
-    n = len(best["rlvr"])
-    print(
-        f"policy {policy}, prm {prm}: {args.batch_size} problems x {args.num_generations} completions "
-        f"per step, max {args.max_completion_length} tokens, {n} timed steps, best of {args.repeats}"
-    )
-    for side in sides:
+    return best, lengths, policy, prm
+
+
+def print_sides(best: dict, lengths: dict, header: str) -> None:
+    n = len(next(iter(best.values())))
+    print(f"{header}, {n} timed steps")
+    for side, steps in best.items():
         print(
-            f"{side:10s} {sum(best[side]) / n:8.3f} s/step  "
+            f"{side:10s} {sum(steps) / n:8.3f} s/step  "
             f"(mean completion {statistics.mean(lengths[side]):.1f} tokens)"
         )
+
+
+def main() -> int:
+    args = arguments(__doc__.splitlines()[0])
+    rewards.PRMReward = TimedPRMReward  # rewards.PRM_REWARDS builds the PRM reward by this name
+    sides = {
+        "rlvr": lambda policy, prm, out: rl_config(policy, None, out, args, reward="rlvr"),
+        "prm+rlvr": lambda policy, prm, out: rl_config(policy, prm, out, args, reward="prm+rlvr"),
+    }
+    best, lengths, policy, prm = alternate(sides, args)
+    base, with_prm = sum(best["rlvr"]), sum(best["prm+rlvr"])
+    n = len(best["rlvr"])
+    print_sides(
+        best, lengths,
+        f"policy {policy}, prm {prm}: {args.batch_size} problems x {args.num_generations} "
+        f"completions per step, max {args.max_completion_length} tokens, best of {args.repeats}",
+    )  # fmt: skip
+    prm_call = statistics.median(TimedPRMReward.seconds)
     print(f"  PRM reward call {prm_call:.3f} s/step ({prm_call / (base / n):.1%} of an rlvr step)")
     ratio = with_prm / base
     print(f"ratio: {ratio:.3f}")
