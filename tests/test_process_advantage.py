@@ -116,6 +116,32 @@ def test_critic_advantage_on_a_hand_made_trajectory():
     assert pa.group_mean(torch.tensor([1.0, 0.0, 0.0, 1.0]), 2).tolist() == [0.5] * 4
 
 
+def test_critic_step_rewards_from_a_step_reward_source():
+    """`--advantage td --step-reward ...`: the source's rewards, moved from td.py's
+    transitions (step t -> t+1) onto the critic's steps (before j -> after j), worked by hand."""
+    from tdrm_cli.step_rewards import StepRewardOptions, StepRewards
+
+    values = [[0.6, 0.8, 0.9], [0.3]]  # 3 steps; 1 step
+    padded, mask = pa.pad_steps(values)
+    verdicts = torch.tensor([1.0, 0.0])
+    length = StepRewards(StepRewardOptions(step_reward="length", step_cost=0.1))
+    rewards, terminal = pa.critic_rewards(length, verdicts, mask)
+    # td.py: -0.1 on every transition; the critic's first step enters from the bare question
+    assert rewards.flatten().tolist() == pytest.approx([0.0, -0.1, -0.1, 0.0, 0.0, 0.0])
+    assert terminal.tolist() == [1.0, 0.0]
+    got = pa.critic_advantages(padded, mask, terminal, torch.tensor([0.5, 0.5]), 1.0, rewards)
+    # row 0: 0 + 0.6 - 0.5 = 0.1; -0.1 + 0.8 - 0.6 = 0.1; -0.1 + 1 + 0 - 0.8 = 0.1
+    assert got[0].tolist() == pytest.approx([0.1, 0.1, 0.1], abs=1e-6)
+    assert got[0].sum().item() == pytest.approx((1.0 - 0.2) - 0.5)  # return - baseline
+    assert got[1].tolist() == pytest.approx([0.0 + 0.0 - 0.5, 0.0, 0.0], abs=1e-6)
+    # shaping: R = CosFn(L, 4, 1, 0.5) for a right answer (L = 3: 0.5 + 0.25 (1 + cos 3pi/4))
+    shaping = StepRewards(StepRewardOptions(step_reward="shaping", shaping_max_steps=4))
+    rewards, terminal = pa.critic_rewards(shaping, verdicts, mask)
+    assert rewards is None
+    assert terminal.tolist() == pytest.approx([0.5 + 0.25 * (1 + math.cos(3 * math.pi / 4)), 0.0])
+    assert pa.critic_rewards(None, verdicts, mask) == (None, verdicts)
+
+
 # ---------------------------------------------------------------- text -> steps -> tokens
 
 
@@ -209,10 +235,12 @@ TINY = ("--problems", "4", "--batch-size", "2", "--num-generations", "3", "--max
         "--max-completion-length", "48", "--learning-rate", "1e-3", "--report-to", "none")  # fmt: skip
 
 
-@pytest.mark.parametrize("advantage", ["process", "td"])
+@pytest.mark.parametrize("advantage", ["process", "td", "td+length"])
 def test_rl_with_dense_advantages_end_to_end(
     tiny_policy, prm_dir, tmp_path, monkeypatch, advantage
 ):
+    advantage, _, step_reward = advantage.partition("+")
+    cost = 0.05
     from tdrm_cli.prm import load_prm
     from tdrm_cli.process_grpo import ProcessGRPOTrainer
 
@@ -227,8 +255,10 @@ def test_rl_with_dense_advantages_end_to_end(
 
     monkeypatch.setattr(ProcessGRPOTrainer, "dense_advantages", recorded)
     out = tmp_path / "rl"
+    extra = ("--step-reward", step_reward, "--step-cost", str(cost)) if step_reward else ()
     result = invoke("rl", "--policy", tiny_policy, "--prm", prm_dir, "--reward", "prm+rlvr",
-                    "--advantage", advantage, *TINY, "--eval-problems", "2", "--out", out)  # fmt: skip
+                    "--advantage", advantage, *extra, *TINY, "--eval-problems", "2",
+                    "--out", out)  # fmt: skip
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["advantage"] == advantage and metrics["train_steps"] == 2
@@ -246,10 +276,17 @@ def test_rl_with_dense_advantages_end_to_end(
     if advantage == "process":
         want = reference_process([v or [0.0] for v in values], verdicts, 3)
     else:
+        # --step-reward length: every step after the first costs `cost` (td.py's transitions),
+        # and the baseline is the group's mean return (verdict minus the costs)
+        costs = [[0.0] + [-cost if step_reward else 0.0] * (len(v or [0.0]) - 1) for v in values]
+        returns = [t + sum(c) for t, c in zip(verdicts, costs, strict=True)]
         baselines = [
-            sum(verdicts[g : g + 3]) / 3 for g in range(0, len(verdicts), 3) for _ in range(3)
+            sum(returns[g : g + 3]) / 3 for g in range(0, len(returns), 3) for _ in range(3)
         ]
-        want = [reference_td(v or [0.0], t, b, 1.0) for v, t, b in zip(values, verdicts, baselines, strict=True)]  # fmt: skip
+        want = [
+            [a + c for a, c in zip(reference_td(v or [0.0], t, b, 1.0), cs, strict=True)]
+            for v, t, b, cs in zip(values, verdicts, baselines, costs, strict=True)
+        ]
     specials = set(prm.tokenizer.all_special_ids)
     for i, text in enumerate(completions):
         spans, char, step = pa.step_spans(text, prm.separator), 0, 0

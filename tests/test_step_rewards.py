@@ -172,7 +172,11 @@ def test_rl_refuses_labels_online_and_step_rewards_without_online(tmp_path):
         "--step-reward labels: reads Monte-Carlo step labels, which online rollouts lack",
         "expected none, shaping or length",
     )
-    one_line_error(invoke(*base, "--step-reward", "length"), "need --prm-update online")
+    one_line_error(
+        invoke(*base, "--step-reward", "length"),
+        "--step-reward length needs --prm-update online or --advantage td",
+    )
+    assert RLConfig(policy="p", prm="q", advantage="td", step_reward="length")
     assert ONLINE_STEP_REWARDS == ("none", "shaping", "length")
     assert RLConfig(policy="p", prm="q", prm_update="online", step_reward="shaping")
 

@@ -14,8 +14,8 @@ reach the tokens of each step instead (docs/design.md#rl-advantages):
 - `td`: the PRM as a critic. With V(s_1) the group's mean verdict (the value of the bare
   question, GRPO's baseline: the PRM scores no empty prefix), V(s_j) the PRM's value after
   step j-1, V(s_K+1) = 0 and r_K = verdict, a token of step j gets the TD error
-  r_j + gamma V(s_j+1) - V(s_j) (r_j = 0 before the last step unless step rewards are
-  given). At gamma 1 the errors of a completion sum to verdict - baseline, the outcome
+  r_j + gamma V(s_j+1) - V(s_j) (r_j = 0 before the last step unless `--step-reward`
+  gives rewards, `critic_rewards`; with rewards V(s_1) is the group's mean return). At gamma 1 the errors of a completion sum to verdict - baseline, the outcome
   advantage before scaling. Not normalised: the values are already in the verdict's units.
 
 A completion with no steps counts as one step (its verdict). Steps are those of
@@ -172,6 +172,29 @@ def critic_advantages(values, mask, verdicts, baseline, gamma: float = 1.0, step
     rewards = torch.zeros_like(values) if step_rewards is None else step_rewards.to(values)
     rewards = rewards + last.to(values) * verdicts.reshape(-1, 1).to(values)
     return (rewards + gamma * after - before) * mask
+
+
+def critic_rewards(source: Any, verdicts, mask):
+    """(step rewards [N, S], terminal rewards [N]) of `td` under a `--step-reward` source
+    (`step_rewards.StepRewards`; None: zeros and the verdicts).
+
+    The source speaks `td.py`'s language: `rewards[:, t]` is the reward of the move from
+    step t to step t+1, and the terminal reward R is the value after the last step. A
+    critic step j runs from before step j to after it, so its reward is the source's
+    `rewards[:, j-1]` (0 for the first step: no source reward enters it), and R (shaped
+    by `shaping`) is the last step's reward, with V after it 0.
+    """
+    import torch
+
+    if source is None:
+        return None, verdicts
+    rewards, terminal = source(verdicts, mask)
+    terminal = torch.as_tensor(terminal).to(verdicts)
+    if rewards is None:
+        return None, terminal
+    rewards = rewards.to(verdicts)
+    shifted = torch.cat([torch.zeros_like(rewards[:, :1]), rewards[:, :-1]], dim=1)
+    return shifted * mask, terminal
 
 
 def group_mean(verdicts, num_generations: int):

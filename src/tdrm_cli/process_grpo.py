@@ -64,11 +64,14 @@ class ProcessGRPOTrainer(GRPOTrainer):
 
     advantage = "process"
 
-    def __init__(self, *args: Any, step_values: StepValueCache, gamma: float = 1.0, **kwargs: Any):
+    def __init__(
+        self, *args: Any, step_values: StepValueCache, gamma: float = 1.0,
+        step_rewards: Any = None, **kwargs: Any,
+    ):  # fmt: skip
         super().__init__(*args, **kwargs)
         if "verifier" not in self.reward_func_names:
             raise ValueError(f"--advantage {self.advantage} needs the verifier among the rewards")
-        self.step_values, self.gamma = step_values, gamma
+        self.step_values, self.gamma, self.step_rewards = step_values, gamma, step_rewards
         self._scored: tuple | None = None
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -125,16 +128,21 @@ class CriticGRPOTrainer(ProcessGRPOTrainer):
 
     def step_advantages(self, values: list[list[float]], verdicts):
         padded, mask = pa.pad_steps([v or [0.0] for v in values], verdicts.device)
-        baseline = pa.group_mean(verdicts, self.num_generations)
-        return pa.critic_advantages(padded, mask, verdicts, baseline, self.gamma)
+        rewards, terminal = pa.critic_rewards(self.step_rewards, verdicts, mask)
+        returns = terminal if rewards is None else terminal + rewards.sum(1)
+        baseline = pa.group_mean(returns, self.num_generations)
+        return pa.critic_advantages(padded, mask, terminal, baseline, self.gamma, rewards)
 
 
 TRAINERS = {"process": ProcessGRPOTrainer, "td": CriticGRPOTrainer}
 """`--advantage` -> trainer class; `outcome` is TRL's GRPOTrainer itself."""
 
 
-def trainer_factory(advantage: str, prm: Any, gamma: float = 1.0) -> tuple[Any, Any]:
-    """(what builds the trainer, the PRM the PRM reward should score with) for `--advantage`."""
+def trainer_factory(
+    advantage: str, prm: Any, gamma: float = 1.0, step_rewards: Any = None
+) -> tuple[Any, Any]:
+    """(what builds the trainer, the PRM the PRM reward should score with) for `--advantage`;
+    `step_rewards` (`step_rewards.StepRewards` or None) gives `td` its rewards r_t."""
     if advantage == "outcome":
         return GRPOTrainer, prm
     for method in ("_calculate_rewards", "_generate_and_score_completions"):
@@ -146,4 +154,5 @@ def trainer_factory(advantage: str, prm: Any, gamma: float = 1.0) -> tuple[Any, 
                 f"(matched against trl {TRL_MATCHED})"
             )
     cache = StepValueCache(prm)
-    return functools.partial(TRAINERS[advantage], step_values=cache, gamma=gamma), cache
+    kwargs = {"step_rewards": step_rewards} if advantage == "td" else {}
+    return functools.partial(TRAINERS[advantage], step_values=cache, gamma=gamma, **kwargs), cache

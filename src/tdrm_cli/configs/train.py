@@ -323,9 +323,12 @@ class RLConfig(TargetOptions, RunConfig):
         self.check_targets(ONLINE_LOSSES, ONLINE_STEP_REWARDS)
         _check(
             self.prm_update == "online"
-            or (self.loss, self.n_step, self.td_mix, self.step_reward)
-            == ("td", None, None, "none"),
-            "--loss, --n-step, --td-mix and --step-reward need --prm-update online",
+            or (self.loss, self.n_step, self.td_mix) == ("td", None, None),
+            "--loss, --n-step and --td-mix need --prm-update online",
+        )
+        _check(
+            self.step_reward == "none" or self.prm_update == "online" or self.advantage == "td",
+            f"--step-reward {self.step_reward} needs --prm-update online or --advantage td",
         )
         _check(
             self.eval_every >= 0 and self.eval_problems >= 0,

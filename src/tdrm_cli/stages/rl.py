@@ -306,6 +306,7 @@ def run(cfg: RLConfig) -> Path:
     from transformers import set_seed
 
     from tdrm_cli.process_grpo import trainer_factory
+    from tdrm_cli.step_rewards import StepRewards
     from tdrm_cli.trainer_bar import training_bar
 
     task = load_task(cfg.task)
@@ -331,7 +332,9 @@ def run(cfg: RLConfig) -> Path:
         model = load_policy_model(cfg, policy_dir)
         report_to, callbacks, writer = reporting(cfg, run)
         learner = online_learner(cfg, prm, writer)
-        make_trainer, reward_prm = trainer_factory(cfg.advantage, prm, cfg.gamma)
+        make_trainer, reward_prm = trainer_factory(
+            cfg.advantage, prm, cfg.gamma, StepRewards.from_config(cfg)
+        )
         funcs, weights = reward_functions(
             cfg, task, separator, reward_prm, learner and learner.observe
         )
