@@ -139,14 +139,6 @@ def finish(model: TokenHead, folder: Folder, device: str) -> TokenHead:
     return model.to(device).eval()
 
 
-def load_tokenizer(folder: Folder, trust_remote_code: bool = False):
-    from tdrm_cli.generation import model_load_errors
-    from tdrm_cli.prm import load_tokenizer as load
-
-    with model_load_errors(where_of(folder)):
-        return load(str(folder.path), trust_remote_code)
-
-
 def option_text(options: dict[str, str], key: str, default: str, folder: Folder) -> str:
     """A text option that may not be empty."""
     value = options.get(key, default)

@@ -16,7 +16,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tdrm_cli.errors import UsageError
-from tdrm_cli.prm_formats.base import Folder, Format, FormatPRM, Sequence_, check_options
+from tdrm_cli.prm_formats.base import (
+    Folder,
+    Format,
+    FormatPRM,
+    Sequence_,
+    check_options,
+    load_tokenizer,
+)
 
 ARCHITECTURE = "Qwen2ForProcessRewardModel"
 HEAD = ["score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias"]
@@ -79,7 +86,7 @@ def load(folder: Folder, options: dict[str, str], dtype=None, device: str = "cpu
     system = native.option_text(options, "system", SYSTEM, folder)
     native.need_safetensors(folder, "qwen-prm")
     native.need_weights(folder, HEAD, "Qwen2.5-Math-PRM")
-    tokenizer = native.load_tokenizer(folder, trust_remote_code)
+    tokenizer = load_tokenizer(folder, trust_remote_code)
     check_tokenizer(tokenizer, where)
     dtype = native.torch_dtype(dtype, device)
     config = native.load_config(folder, trust_remote_code)

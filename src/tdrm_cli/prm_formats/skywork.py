@@ -15,7 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tdrm_cli.errors import UsageError
-from tdrm_cli.prm_formats.base import Folder, Format, FormatPRM, Sequence_, check_options
+from tdrm_cli.prm_formats.base import (
+    Folder,
+    Format,
+    FormatPRM,
+    Sequence_,
+    check_options,
+    load_tokenizer,
+)
 
 ARCHITECTURE = "Qwen2ForPrmModel"
 HEAD = ["v_head.summary.weight", "v_head.summary.bias"]
@@ -63,7 +70,7 @@ def load(folder: Folder, options: dict[str, str], dtype=None, device: str = "cpu
     step_token = native.option_text(options, "step_token", STEP_TOKEN, folder)
     native.need_safetensors(folder, "skywork")
     native.need_weights(folder, HEAD, "Skywork PRM")
-    tokenizer = native.load_tokenizer(folder, trust_remote_code)
+    tokenizer = load_tokenizer(folder, trust_remote_code)
     bos = options.get("bos", tokenizer.bos_token)
     if not bos:
         raise UsageError(

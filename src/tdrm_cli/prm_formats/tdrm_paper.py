@@ -16,7 +16,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tdrm_cli.errors import UsageError
-from tdrm_cli.prm_formats.base import Folder, Format, FormatPRM, Sequence_, check_options
+from tdrm_cli.prm_formats.base import (
+    Folder,
+    Format,
+    FormatPRM,
+    Sequence_,
+    check_options,
+    load_tokenizer,
+)
 
 
 class TDRMPaperPRM(FormatPRM):
@@ -61,7 +68,7 @@ def load(folder: Folder, options: dict[str, str], dtype=None, device: str = "cpu
     native.need_safetensors(folder, "tdrm-paper")
     if not detect(folder):
         raise UsageError(f"{where}: config.json is not a one-label sequence classifier")
-    tokenizer = native.load_tokenizer(folder, trust_remote_code)
+    tokenizer = load_tokenizer(folder, trust_remote_code)
     if not tokenizer.chat_template:
         raise UsageError(f"{where}: its tokenizer has no chat template (TDRM's input is one)")
     dtype = native.torch_dtype(dtype, device)
