@@ -241,7 +241,8 @@ class RLConfig(TargetOptions, RunConfig):
         "outcome",
         "Advantage: outcome (one per completion, TRL's GRPO), process (PRM step values on "
         "each step's tokens, group-normalised; the verdict is the last step's reward) or td "
-        "(the PRM as critic: each step's TD error, discounted by --gamma); process and td "
+        "(the PRM as critic: each step's TD error, discounted by --gamma, rewards from "
+        "--step-reward); process and td "
         "need --prm.",
     )
     use_vllm: bool = opt(False, "Generate with vLLM (GPU only; passed to TRL's use_vllm).")
