@@ -100,6 +100,15 @@ def manifest_sha256(run_dir: Path) -> str:
     return hashlib.sha256((Path(run_dir) / MANIFEST).read_bytes()).hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a (possibly large) input file, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 

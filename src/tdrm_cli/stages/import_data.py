@@ -28,7 +28,7 @@ from tdrm_cli.console import log
 from tdrm_cli.errors import UsageError
 from tdrm_cli.public_data import FORMATS
 from tdrm_cli.public_data.records import BadRow, records
-from tdrm_cli.runs import atomic_write_bytes, atomic_write_json, run_stage
+from tdrm_cli.runs import atomic_write_bytes, atomic_write_json, file_sha256, run_stage
 from tdrm_cli.solutions import (
     ROLLOUT_COLUMNS,
     ROLLOUTS,
@@ -159,14 +159,6 @@ def read_table(path: Path, fmt: str, skip_bad_rows: bool):
             f"{tally.rows_skipped} skipped, {tally.rows_left_out} without a verdict)"
         )
     return pa.concat_tables(tables), tally
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def summarize(path: Path, fmt: str, tally: Tally) -> dict[str, Any]:

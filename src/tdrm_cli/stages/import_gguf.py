@@ -14,7 +14,6 @@ temporary name and renamed into place when complete, so `out` is never half writ
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from tdrm_cli.config import opt
 from tdrm_cli.errors import UsageError, error_line
-from tdrm_cli.runs import atomic_write_json, now, save_model, versions
+from tdrm_cli.runs import atomic_write_json, file_sha256, now, save_model, versions
 
 IMPORT_META = "tdrm_import.json"
 # alias -> (PyPI distribution, file inside it, default folder name under models/)
@@ -75,7 +74,7 @@ def run(cfg: ImportGGUFConfig) -> Path:
                 "source": str(src if src in ALIASES else gguf_path),
                 "file": str(gguf_path),
                 "package": _package_version(src),
-                "sha256": _sha256(gguf_path),
+                "sha256": file_sha256(gguf_path),
                 "bytes": gguf_path.stat().st_size,
                 "created": now(),
                 "versions": versions(),
@@ -162,11 +161,3 @@ def _package_version(src: str) -> str | None:
         return None
     dist = ALIASES[src][0]
     return f"{dist}=={metadata.version(dist)}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
