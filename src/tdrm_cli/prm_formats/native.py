@@ -139,6 +139,21 @@ def finish(model: TokenHead, folder: Folder, device: str) -> TokenHead:
     return model.to(device).eval()
 
 
+def backbone_with_head(
+    folder: Folder, make_head, prefix: str, dtype: Any, device: str, trust_remote_code: bool
+) -> TokenHead:
+    """The folder's transformers backbone (the base model of its `model_type`) under the
+    head `make_head(config)`, whose weights are the folder's tensors under `prefix`;
+    finite-checked, on `device`, in eval mode."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    dtype = torch_dtype(dtype, device)
+    config = load_config(folder, trust_remote_code)
+    backbone = load_model(MODEL_MAPPING[type(config)], folder, config, dtype)
+    head = load_head(make_head(config), folder, prefix, dtype)
+    return finish(TokenHead(backbone, head), folder, device)
+
+
 def option_text(options: dict[str, str], key: str, default: str, folder: Folder) -> str:
     """A text option that may not be empty."""
     value = options.get(key, default)

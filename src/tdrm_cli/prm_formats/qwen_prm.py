@@ -77,7 +77,6 @@ def check_tokenizer(tokenizer, where: str) -> None:
 def load(folder: Folder, options: dict[str, str], dtype=None, device: str = "cpu",
          trust_remote_code: bool = False) -> QwenPRM:  # fmt: skip
     from torch import nn
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
     from tdrm_cli.prm_formats import native
 
@@ -88,13 +87,14 @@ def load(folder: Folder, options: dict[str, str], dtype=None, device: str = "cpu
     native.need_weights(folder, HEAD, "Qwen2.5-Math-PRM")
     tokenizer = load_tokenizer(folder, trust_remote_code)
     check_tokenizer(tokenizer, where)
-    dtype = native.torch_dtype(dtype, device)
-    config = native.load_config(folder, trust_remote_code)
-    backbone = native.load_model(MODEL_MAPPING[type(config)], folder, config, dtype)
-    hidden = config.hidden_size
-    head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 2))
-    head = native.load_head(head, folder, "score.", dtype)
-    model = native.finish(native.TokenHead(backbone, head), folder, device)
+
+    def score_head(config):  # Qwen2ForProcessRewardModel's `score`: Linear, ReLU, Linear(H, 2)
+        hidden = config.hidden_size
+        return nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+    model = native.backbone_with_head(
+        folder, score_head, "score.", dtype, device, trust_remote_code
+    )
     return QwenPRM(model, tokenizer, options, system)
 
 

@@ -61,7 +61,6 @@ def detect(folder: Folder) -> bool:
 def load(folder: Folder, options: dict[str, str], dtype=None, device: str = "cpu",
          trust_remote_code: bool = False) -> SkyworkPRM:  # fmt: skip
     from torch import nn
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
     from tdrm_cli.prm_formats import native
 
@@ -77,11 +76,10 @@ def load(folder: Folder, options: dict[str, str], dtype=None, device: str = "cpu
             f"{where}: its tokenizer has no bos_token, which Skywork's input starts with "
             f"(--prm-option bos=TOKEN)"
         )
-    dtype = native.torch_dtype(dtype, device)
-    config = native.load_config(folder, trust_remote_code)
-    backbone = native.load_model(MODEL_MAPPING[type(config)], folder, config, dtype)
-    head = native.load_head(nn.Linear(config.hidden_size, 1), folder, "v_head.summary.", dtype)
-    model = native.finish(native.TokenHead(backbone, head), folder, device)
+    model = native.backbone_with_head(
+        folder, lambda config: nn.Linear(config.hidden_size, 1), "v_head.summary.", dtype,
+        device, trust_remote_code,
+    )  # fmt: skip
     return SkyworkPRM(model, tokenizer, options, bos, step_token)
 
 
