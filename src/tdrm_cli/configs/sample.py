@@ -213,7 +213,9 @@ class EvalConfig(RunConfig):
     max_new_tokens: int = opt(128, "Token limit per solution.")
     batch_size: int = opt(64, "Sequences per generation / PRM scoring batch.")
     steps_file: str | None = opt(
-        None, "ProcessBench-format JSONL (problem, steps, label = first wrong step or -1)."
+        None,
+        "ProcessBench-format rows (problem, steps, label = first wrong step or -1): JSONL, "
+        "the released JSON lists (gsm8k.json, ...) or Parquet.",
     )
     threshold: float = opt(
         0.5,
