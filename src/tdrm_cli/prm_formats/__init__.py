@@ -170,12 +170,28 @@ def load_scoring_prm(
     """A scorer with tdrm's PRM interface for a train-prm run, a tdrm PRM folder or a public
     PRM's folder (its format detected, or `fmt`). `dtype` defaults to bfloat16 on a GPU and
     float32 on the CPU."""
+    resolved = resolve(path_or_run, role, fmt)
+    return load_resolved(
+        resolved, path_or_run, options, role, dtype, trust_remote_code, allow_pickle
+    )
+
+
+def load_resolved(
+    resolved: tuple[Format, str, Folder | None],
+    path_or_run: str | Path,
+    options: dict[str, str] | None,
+    role: str,
+    dtype: Any,
+    trust_remote_code: bool,
+    allow_pickle: bool,
+):
+    """`load_scoring_prm` for what `resolve` already gave (the folder is read once)."""
     import torch
 
     from tdrm_cli.generation import weights_kwargs
     from tdrm_cli.prm import load_prm
 
-    chosen, model_dir, folder = resolve(path_or_run, role, fmt)
+    chosen, model_dir, folder = resolved
     options = dict(options or {})
     if folder is None:
         if options:
@@ -203,15 +219,15 @@ def load_scoring_prms(
     parsed = parse_options(options, len(paths))
     plans = []
     for i, path in enumerate(paths):
-        chosen, _, _ = resolve(path, role, forced(formats, i))
-        plans.append((path, chosen, options_for(chosen, parsed, i)))
+        resolved = resolve(path, role, forced(formats, i))
+        plans.append((path, resolved, options_for(resolved[0], parsed, i)))
     for option in parsed:
-        if option.prm is None and not any(option.key in takes(c) for _, c, _ in plans):
-            names = ", ".join(sorted({c.name for _, c, _ in plans}))
+        if option.prm is None and not any(option.key in takes(r[0]) for _, r, _ in plans):
+            names = ", ".join(sorted({r[0].name for _, r, _ in plans}))
             raise UsageError(f"--prm-option {option.key}: no given PRM's format takes it ({names})")
     return [
-        load_scoring_prm(path, role, dtype, trust_remote_code, allow_pickle, chosen.name, opts)
-        for path, chosen, opts in plans
+        load_resolved(resolved, path, opts, role, dtype, trust_remote_code, allow_pickle)
+        for path, resolved, opts in plans
     ]
 
 
